@@ -1,0 +1,228 @@
+"""Command handlers: one transaction per command. All SQL of the command side lives here."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from commands.decide import CastVote, Slot, decide, evolve
+from events import store
+from events.types import AgentRegistered, AgentRevoked, ItemListed, ItemType
+from infra.metrics import EVENTS_APPENDED
+
+API_KEY_PREFIX = "vlk_"
+
+
+def key_digest(api_key: str) -> bytes:
+    return hashlib.sha256(api_key.encode()).digest()
+
+
+# --- agents and catalogue ---------------------------------------------------------------------
+
+_INSERT_AGENT = "INSERT INTO agents (agent_id, name, key_digest) VALUES (%s, %s, %s)"
+_REVOKE_AGENT = """
+UPDATE agents SET revoked_at = now() WHERE agent_id = %s AND revoked_at IS NULL RETURNING agent_id
+"""
+_AGENT_EXISTS = "SELECT 1 FROM agents WHERE agent_id = %s"
+_AGENT_BY_KEY = "SELECT agent_id, revoked_at FROM agents WHERE key_digest = %s"
+_INSERT_ITEM = """
+INSERT INTO items (item_id, item_type, title) VALUES (%s, %s, %s)
+ON CONFLICT (item_id) DO NOTHING RETURNING item_id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewAgent:
+    agent_id: uuid.UUID
+    api_key: str
+    position: int
+
+
+class AlreadyExists(Exception):
+    pass
+
+
+class NotFound(Exception):
+    pass
+
+
+async def register_agent(pool: AsyncConnectionPool, name: str = "") -> NewAgent:
+    """A new agent and its API key. Only the key's digest is stored; the key is shown once."""
+    agent_id = uuid.uuid4()
+    api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(_INSERT_AGENT, (agent_id, name, key_digest(api_key)))
+        position, _ = await store.append(conn, AgentRegistered(agent_id=agent_id, name=name))
+    EVENTS_APPENDED.labels("AgentRegistered").inc()
+    return NewAgent(agent_id, api_key, position)
+
+
+async def revoke_agent(pool: AsyncConnectionPool, agent_id: uuid.UUID) -> int | None:
+    """Revoke an agent's key; returns the event position, or None if it was already revoked."""
+    async with pool.connection() as conn, conn.transaction():
+        if await (await conn.execute(_REVOKE_AGENT, (agent_id,))).fetchone() is None:
+            if await (await conn.execute(_AGENT_EXISTS, (agent_id,))).fetchone() is None:
+                raise NotFound(str(agent_id))
+            return None
+        position, _ = await store.append(conn, AgentRevoked(agent_id=agent_id))
+    EVENTS_APPENDED.labels("AgentRevoked").inc()
+    return position
+
+
+async def agent_for_key(pool: AsyncConnectionPool, api_key: str) -> tuple[uuid.UUID, bool] | None:
+    """The agent an API key belongs to and whether it is revoked; None for an unknown key."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(_AGENT_BY_KEY, (key_digest(api_key),))).fetchone()
+    return None if row is None else (row[0], row[1] is not None)
+
+
+async def list_item(pool: AsyncConnectionPool, item_id: str, item_type: ItemType, title: str) -> int:
+    """Add an item to the catalogue; returns the event position."""
+    async with pool.connection() as conn, conn.transaction():
+        if await (await conn.execute(_INSERT_ITEM, (item_id, item_type, title))).fetchone() is None:
+            raise AlreadyExists(item_id)
+        position, _ = await store.append(
+            conn, ItemListed(item_id=item_id, item_type=item_type, title=title)
+        )
+    EVENTS_APPENDED.labels("ItemListed").inc()
+    return position
+
+
+# --- votes ------------------------------------------------------------------------------------
+
+_ITEM_TYPE = "SELECT item_type FROM items WHERE item_id = %s"
+# The slot row is the lock that serialises every vote of one agent on one item. Creating it first
+# (a no-op when it exists) means concurrent first votes queue on the same row instead of racing.
+_ENSURE_SLOT = """
+INSERT INTO vote_slots (agent_id, item_id) VALUES (%s, %s) ON CONFLICT DO NOTHING
+"""
+_LOCK_SLOT = """
+SELECT direction, cast_at, version, last_position FROM vote_slots
+WHERE agent_id = %s AND item_id = %s FOR UPDATE
+"""
+_UPDATE_SLOT = """
+UPDATE vote_slots SET direction = %s, cast_at = %s, version = %s, last_position = %s
+WHERE agent_id = %s AND item_id = %s
+"""
+# Inserted first in the transaction: a concurrent request with the same key blocks on this row
+# until the first commits (then replays its response) or rolls back (then acts itself).
+_CLAIM_KEY = """
+INSERT INTO idempotency_keys (agent_id, key, request_hash) VALUES (%s, %s, %s)
+ON CONFLICT DO NOTHING RETURNING 1
+"""
+_STORED_KEY = """
+SELECT request_hash, status, response FROM idempotency_keys WHERE agent_id = %s AND key = %s
+"""
+_STORE_RESPONSE = """
+UPDATE idempotency_keys SET status = %s, response = %s WHERE agent_id = %s AND key = %s
+"""
+_PURGE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %s)"
+
+
+class VoteResult(msgspec.Struct, frozen=True):
+    position: int | None
+    item_id: str
+    vote: str
+    previous: str
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A status and body, exactly as sent and, with an idempotency key, as replayed."""
+
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+class KeyReuseMismatch(Exception):
+    """An idempotency key was reused with a different request."""
+
+
+def request_hash(command: CastVote) -> bytes:
+    canonical = msgspec.json.encode(
+        [str(command.agent_id), command.item_id, command.direction, command.claimed_item_type]
+    )
+    return hashlib.sha256(canonical).digest()
+
+
+async def cast_vote(
+    pool: AsyncConnectionPool, command: CastVote, idempotency_key: str | None = None
+) -> Reply:
+    """Record a vote: lock the slot, decide, append, all in one transaction."""
+    async with pool.connection() as conn, conn.transaction():
+        if idempotency_key is not None:
+            replay = await _claim_key(conn, command, idempotency_key)
+            if replay is not None:
+                return replay
+        row = await (await conn.execute(_ITEM_TYPE, (command.item_id,))).fetchone()
+        item_type = None if row is None else row[0]
+        slot, last_position = await _lock_slot(conn, command, known_item=item_type is not None)
+        events = decide(command, item_type, slot)  # raises for an unknown item or wrong type
+        position = last_position
+        for event in events:
+            position, recorded_at = await store.append(conn, event)
+            slot = evolve(slot, event, recorded_at)
+            await conn.execute(
+                _UPDATE_SLOT,
+                (slot.direction, slot.cast_at, slot.version, position)
+                + (command.agent_id, command.item_id),
+            )
+        reply = Reply(
+            201 if events else 200,
+            msgspec.json.encode(
+                VoteResult(
+                    position=position,
+                    item_id=command.item_id,
+                    vote=command.direction,
+                    previous=events[0].previous if events else slot.direction,
+                    changed=bool(events),
+                )
+            ),
+        )
+        if idempotency_key is not None:
+            await conn.execute(
+                _STORE_RESPONSE, (reply.status, reply.body, command.agent_id, idempotency_key)
+            )
+    if events:
+        EVENTS_APPENDED.labels("VoteCast").inc(len(events))
+    return reply
+
+
+async def _claim_key(conn: psycopg.AsyncConnection, command: CastVote, key: str) -> Reply | None:
+    digest = request_hash(command)
+    claimed = await conn.execute(_CLAIM_KEY, (command.agent_id, key, digest))
+    if await claimed.fetchone() is not None:
+        return None
+    row = await (await conn.execute(_STORED_KEY, (command.agent_id, key))).fetchone()
+    assert row is not None and row[1] is not None, "a claimed key always commits with its response"
+    if bytes(row[0]) != digest:
+        raise KeyReuseMismatch(key)
+    return Reply(row[1], bytes(row[2]), replayed=True)
+
+
+async def _lock_slot(
+    conn: psycopg.AsyncConnection, command: CastVote, *, known_item: bool
+) -> tuple[Slot, int | None]:
+    if not known_item:
+        return Slot(), None  # decide() refuses it; there is no slot to lock
+    key = (command.agent_id, command.item_id)
+    await conn.execute(_ENSURE_SLOT, key)
+    row = await (await conn.execute(_LOCK_SLOT, key)).fetchone()
+    assert row is not None
+    direction, cast_at, version, last_position = row
+    return Slot(direction=direction, cast_at=cast_at, version=version), last_position
+
+
+async def purge_idempotency_keys(pool: AsyncConnectionPool, ttl_seconds: int) -> int:
+    """Delete idempotency keys older than the TTL; returns how many."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(_PURGE_KEYS, (ttl_seconds,))
+        return cur.rowcount

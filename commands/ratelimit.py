@@ -1,0 +1,107 @@
+"""Per-agent rate limit: GCRA, in Redis so that every API replica shares it.
+
+GCRA keeps one number per agent (the theoretical arrival time of the next request) and allows a
+burst of `burst` requests refilled at `rate` per second. When Redis cannot be reached, votes are
+still accepted: the same algorithm runs in-process (per replica, so looser) until Redis answers
+again, and the fallback shows in metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from infra.metrics import RATE_LIMIT_FALLBACK, RATE_LIMIT_REDIS_UP
+
+_GCRA = """
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - tolerance
+if allow_at > now then
+    return {0, 0, allow_at - now, tat - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, new_tat - now))
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+"""
+
+# After Redis fails, skip it for this long instead of paying a timeout on every vote.
+_RETRY_REDIS_AFTER = 2.0
+_MAX_LOCAL_KEYS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    remaining: int
+    retry_after: float  # seconds until a request would be allowed (0 when allowed)
+    reset: float  # seconds until the full burst is available again
+
+
+def gcra(tat: float, now: float, interval: float, tolerance: float) -> tuple[Decision, float]:
+    """One GCRA step, pure: the decision and the new theoretical arrival time."""
+    tat = max(tat, now)
+    new_tat = tat + interval
+    allow_at = new_tat - tolerance
+    if allow_at > now:
+        return Decision(False, 0, allow_at - now, tat - now), tat
+    return Decision(True, math.floor((now - allow_at) / interval), 0.0, new_tat - now), new_tat
+
+
+class RateLimiter:
+    def __init__(self, client: aioredis.Redis, prefix: str, rate: float, burst: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.burst = burst
+        self.interval = 1.0 / rate
+        self.tolerance = self.interval * burst
+        self._script = client.register_script(_GCRA)
+        self._redis_down_until = 0.0
+        self._local: OrderedDict[str, float] = OrderedDict()
+
+    @property
+    def policy(self) -> str:
+        """The RateLimit-Policy header value: `burst` requests per window of seconds."""
+        window = max(1, math.ceil(self.tolerance))
+        return f'"votes";q={self.burst};w={window}'
+
+    async def check(self, agent: str) -> Decision:
+        now = time.monotonic()
+        if now >= self._redis_down_until:
+            try:
+                allowed, remaining, retry_ms, reset_ms = await self._script(
+                    keys=[f"{self.prefix}:ratelimit:{agent}"],
+                    args=[self.interval * 1000, self.tolerance * 1000],
+                )
+                RATE_LIMIT_REDIS_UP.set(1)
+                return Decision(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000)
+            except (RedisError, OSError):
+                self._redis_down_until = now + _RETRY_REDIS_AFTER
+                RATE_LIMIT_REDIS_UP.set(0)
+        RATE_LIMIT_FALLBACK.inc()
+        return self._check_local(agent, now)
+
+    def _check_local(self, agent: str, now: float) -> Decision:
+        decision, tat = gcra(self._local.pop(agent, now), now, self.interval, self.tolerance)
+        self._local[agent] = tat
+        while len(self._local) > _MAX_LOCAL_KEYS:
+            self._local.popitem(last=False)
+        return decision
+
+    def headers(self, decision: Decision) -> dict[str, str]:
+        headers = {
+            "RateLimit-Policy": self.policy,
+            "RateLimit": f'"votes";r={decision.remaining};t={math.ceil(decision.reset)}',
+        }
+        if not decision.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(decision.retry_after)))
+        return headers

@@ -1,0 +1,143 @@
+"""The event store: the only code that writes the ledger, and the gap-safe reader.
+
+All SQL touching `events` lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from events.codec import decode, encode, event_type
+from events.types import AgentRegistered, AgentRevoked, Event, ItemListed, Recorded, VoteCast
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Checkpoint:
+    """Where a reader stands in the ledger's read order, (tx_id, position)."""
+
+    tx_id: int = 0
+    position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One read: the events, and what the reader learned about the ledger while reading.
+
+    `snapshot_xmin`: every transaction with a smaller id had finished when the batch was read.
+    `snapshot_xmax`: every transaction that had drawn a position by then has a smaller id.
+    `allocated`: the last position drawn just before the read (read before the snapshot was taken).
+    `complete`: the batch holds every committed event below `snapshot_xmin` after the checkpoint.
+    """
+
+    events: list[Recorded]
+    snapshot_xmin: int
+    snapshot_xmax: int
+    allocated: int
+    complete: bool
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        if not self.events:
+            return None
+        last = self.events[-1]
+        return Checkpoint(last.tx_id, last.position)
+
+
+def _keys(event: Event) -> tuple[object, str | None]:
+    match event:
+        case VoteCast(agent_id=agent_id, item_id=item_id):
+            return agent_id, item_id
+        case ItemListed(item_id=item_id):
+            return None, item_id
+        case AgentRegistered(agent_id=agent_id) | AgentRevoked(agent_id=agent_id):
+            return agent_id, None
+    raise TypeError(f"not an event: {event!r}")
+
+
+_APPEND = """
+INSERT INTO events (event_type, agent_id, item_id, payload)
+VALUES (%s, %s, %s, %s::jsonb)
+RETURNING position, recorded_at
+"""
+
+
+async def append(conn: psycopg.AsyncConnection, event: Event) -> tuple[int, datetime]:
+    """Append one event inside the caller's transaction; returns its position and time."""
+    agent_id, item_id = _keys(event)
+    cur = await conn.execute(
+        _APPEND, (event_type(event), agent_id, item_id, encode(event).decode())
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def append_many(
+    conn: psycopg.AsyncConnection, events: Iterable[tuple[Event, datetime | None]]
+) -> int:
+    """Bulk-append (event, recorded_at) pairs with COPY inside the caller's transaction.
+
+    A None time means "now". Returns the number of rows written.
+    """
+    # The transaction id must exist before the first position is drawn (see 0002_events.sql).
+    await conn.execute("SELECT pg_current_xact_id()")
+    count = 0
+    columns = "event_type, agent_id, item_id, recorded_at, payload"
+    async with conn.cursor().copy(f"COPY events ({columns}) FROM STDIN") as copy:
+        for event, recorded_at in events:
+            agent_id, item_id = _keys(event)
+            await copy.write_row(
+                (event_type(event), agent_id, item_id, recorded_at or "now", encode(event).decode())
+            )
+            count += 1
+    return count
+
+
+# Why this order and this filter: a position is drawn at INSERT but becomes visible at COMMIT, so
+# transactions commit out of position order and "everything after the last position seen" skips
+# events that commit late. Every event records the id of its transaction; a transaction id below
+# the snapshot's xmin belongs to a transaction that has finished, and no transaction that is still
+# running or yet to start can get an id below it. Reading only those, in (tx_id, position) order,
+# means nothing can ever appear behind the checkpoint. Writers never wait for readers or each other.
+_READ_BATCH = """
+SELECT s.xmin::text, s.xmax::text, e.position, e.tx_id::text, e.recorded_at, e.payload::text
+FROM (
+    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
+           pg_snapshot_xmax(pg_current_snapshot()) AS xmax
+) AS s
+LEFT JOIN LATERAL (
+    SELECT position, tx_id, recorded_at, payload
+    FROM events
+    WHERE (tx_id, position) > (%(tx_id)s::text::xid8, %(position)s)
+      AND tx_id < s.xmin
+    ORDER BY tx_id, position
+    LIMIT %(limit)s
+) AS e ON true
+"""
+
+_LAST_ALLOCATED = "SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0)"
+
+
+async def read_batch(conn: psycopg.AsyncConnection, after: Checkpoint, limit: int) -> Batch:
+    """Read up to `limit` events after `after` in gap-safe order.
+
+    Run on an autocommit connection: the two statements must see two snapshots, the second taken
+    after the first (see Batch).
+    """
+    cur = await conn.execute(_LAST_ALLOCATED)
+    allocated = (await cur.fetchone() or (0,))[0]
+    cur = await conn.execute(
+        _READ_BATCH, {"tx_id": str(after.tx_id), "position": after.position, "limit": limit}
+    )
+    rows = await cur.fetchall()
+    xmin, xmax = int(rows[0][0]), int(rows[0][1])
+    events = [
+        Recorded(position=position, tx_id=int(tx_id), recorded_at=at, event=decode(payload))
+        for _, _, position, tx_id, at, payload in rows
+        if position is not None
+    ]
+    return Batch(events, xmin, xmax, allocated, complete=len(events) < limit)

@@ -1,0 +1,185 @@
+"""`voteledger`: the operator CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import psycopg
+import typer
+from psycopg_pool import AsyncConnectionPool
+from rich.console import Console
+from rich.table import Table
+
+from infra.db import pool_for
+from infra.migrate import MigrationError, ensure_partitions, migrate
+from infra.settings import Settings, SettingsError, get_settings
+
+app = typer.Typer(help="Operate the vote ledger.", no_args_is_help=True)
+partitions_app = typer.Typer(help="Event table partitions.", no_args_is_help=True)
+agents_app = typer.Typer(help="Agents and their API keys.", no_args_is_help=True)
+items_app = typer.Typer(help="The catalogue.", no_args_is_help=True)
+app.add_typer(partitions_app, name="partitions")
+app.add_typer(agents_app, name="agents")
+app.add_typer(items_app, name="items")
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2)
+
+
+def _with_command_pool(action: Callable[[AsyncConnectionPool], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with pool_for(_settings(), "command") as pool:
+            return await action(pool)
+
+    return asyncio.run(run())
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply pending schema migrations and create upcoming partitions."""
+    settings = _settings()
+    try:
+        applied = migrate(settings.database_url, settings.db_password)
+    except MigrationError as exc:
+        err.print(f"[red]migration refused:[/] {exc}")
+        raise typer.Exit(1)
+    except psycopg.OperationalError as exc:
+        err.print(f"[red]cannot reach PostgreSQL:[/] {exc}")
+        raise typer.Exit(3)
+    for name in applied:
+        console.print(f"applied {name}")
+    console.print("schema is up to date" if not applied else f"{len(applied)} migration(s) applied")
+
+
+@partitions_app.command("ensure")
+def partitions_ensure(
+    months_ahead: Annotated[int, typer.Option(min=0, max=36)] = 2,
+    since: Annotated[str | None, typer.Option(help="Also create months from this date")] = None,
+) -> None:
+    """Create monthly partitions up to N months ahead (idempotent)."""
+    with psycopg.connect(_settings().database_url, autocommit=True) as conn:
+        created = ensure_partitions(conn, since, months_ahead)
+    for name in created:
+        console.print(f"created {name}")
+    console.print(f"{len(created)} partition(s) created")
+
+
+_LIST_PARTITIONS = """
+SELECT c.relname,
+       pg_get_expr(c.relpartbound, c.oid),
+       (SELECT count(*) FROM events WHERE tableoid = c.oid),
+       pg_total_relation_size(c.oid)
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'events'::regclass
+ORDER BY c.relname
+"""
+
+
+@partitions_app.command("list")
+def partitions_list(as_json: JsonOpt = False) -> None:
+    """List event partitions with their ranges, row counts and sizes."""
+    with psycopg.connect(_settings().database_url) as conn:
+        rows = conn.execute(_LIST_PARTITIONS).fetchall()
+    if as_json:
+        keys = ("name", "range", "rows", "bytes")
+        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows]))
+        return
+    table = Table("partition", "range", "rows", "size")
+    for name, bound, count, size in rows:
+        table.add_row(name, bound, f"{count:,}", f"{size / 1024:,.0f} KiB")
+    console.print(table)
+
+
+@agents_app.command("create")
+def agents_create(name: str = "", as_json: JsonOpt = False) -> None:
+    """Register an agent and print its API key (shown only once)."""
+    from commands.handlers import register_agent
+
+    agent = _with_command_pool(lambda pool: register_agent(pool, name))
+    if as_json:
+        print(json.dumps({"agent_id": str(agent.agent_id), "api_key": agent.api_key}))
+    else:
+        console.print(f"agent_id: {agent.agent_id}\napi_key:  {agent.api_key}  (shown only once)")
+
+
+@agents_app.command("revoke")
+def agents_revoke(agent_id: uuid.UUID) -> None:
+    """Revoke an agent's API key. Its votes stand."""
+    from commands.handlers import NotFound, revoke_agent
+
+    try:
+        position = _with_command_pool(lambda pool: revoke_agent(pool, agent_id))
+    except NotFound:
+        err.print(f"[red]no agent {agent_id}[/]")
+        raise typer.Exit(1)
+    console.print("revoked" if position is not None else "already revoked")
+
+
+@agents_app.command("list")
+def agents_list(as_json: JsonOpt = False) -> None:
+    """List agents (never their keys)."""
+    with psycopg.connect(_settings().database_url) as conn:
+        rows = conn.execute(
+            "SELECT agent_id, name, created_at, revoked_at FROM agents ORDER BY created_at"
+        ).fetchall()
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {"agent_id": str(a), "name": n, "created_at": c.isoformat(),
+                     "revoked_at": r.isoformat() if r else None}
+                    for a, n, c, r in rows
+                ]
+            )
+        )
+        return
+    table = Table("agent_id", "name", "created", "revoked")
+    for agent_id, name, created, revoked in rows:
+        table.add_row(str(agent_id), name, f"{created:%Y-%m-%d %H:%M}", f"{revoked or ''}")
+    console.print(table)
+
+
+@items_app.command("add")
+def items_add(item_id: str, item_type: str, title: str) -> None:
+    """List one item in the catalogue."""
+    from commands.handlers import AlreadyExists, list_item
+
+    if item_type not in ("song", "tool"):
+        err.print("[red]item_type must be song or tool[/]")
+        raise typer.Exit(2)
+    try:
+        position = _with_command_pool(
+            lambda pool: list_item(pool, item_id, item_type, title)  # type: ignore[arg-type]
+        )
+    except AlreadyExists:
+        err.print(f"[red]item {item_id!r} already exists[/]")
+        raise typer.Exit(1)
+    console.print(f"listed {item_id} at position {position}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Settings, read once from the environment and validated.
+
+Every process (command API, query API, projector, CLI) reads the same variables; compose.yaml and
+the Makefile set the same names.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+Role = Literal["command", "projector", "query"]
+
+
+class SettingsError(RuntimeError):
+    """The environment does not describe a runnable configuration."""
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    env: str
+    database_url: str
+    redis_url: str
+    operator_token: str
+    redis_prefix: str
+    db_password: str | None
+    role_urls: dict[str, str]
+    command_port: int
+    query_port: int
+    metrics_port: int
+    rate_limit_per_second: float
+    rate_limit_burst: int
+    idempotency_ttl_seconds: int
+    max_body_bytes: int
+    pool_min_size: int
+    pool_max_size: int
+
+    @property
+    def development(self) -> bool:
+        return self.env in ("development", "test")
+
+    def url_for(self, role: Role) -> str:
+        """The connection string of one application role (never the owner's)."""
+        return self.role_urls[role]
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        mode = env.get("VOTELEDGER_ENV", "production")
+        database_url = env.get("DATABASE_URL", "")
+        if not database_url:
+            raise SettingsError("DATABASE_URL is not set (make run sets one up for development)")
+        token = env.get("VOTELEDGER_OPERATOR_TOKEN", "")
+        if not token and mode not in ("development", "test"):
+            raise SettingsError("VOTELEDGER_OPERATOR_TOKEN is required outside development")
+        if token and len(token) < 16:
+            raise SettingsError("VOTELEDGER_OPERATOR_TOKEN must be at least 16 characters")
+        password = env.get("VOTELEDGER_DB_PASSWORD") or None
+        role_urls = {
+            role: env.get(f"VOTELEDGER_{role.upper()}_DATABASE_URL")
+            or _role_url(database_url, f"voteledger_{role}", password)
+            for role in ("command", "projector", "query")
+        }
+        return cls(
+            env=mode,
+            database_url=database_url,
+            redis_url=env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            operator_token=token,
+            redis_prefix=env.get("VOTELEDGER_REDIS_PREFIX", "vl"),
+            db_password=password,
+            role_urls=role_urls,
+            command_port=_int(env, "VOTELEDGER_COMMAND_PORT", 8000, 1),
+            query_port=_int(env, "VOTELEDGER_QUERY_PORT", 8001, 1),
+            metrics_port=_int(env, "VOTELEDGER_METRICS_PORT", 9100, 0),
+            rate_limit_per_second=_float(env, "VOTELEDGER_RATE_LIMIT_PER_SECOND", 20.0, 0.001),
+            rate_limit_burst=_int(env, "VOTELEDGER_RATE_LIMIT_BURST", 40, 1),
+            idempotency_ttl_seconds=_int(env, "VOTELEDGER_IDEMPOTENCY_TTL_SECONDS", 86400, 60),
+            max_body_bytes=_int(env, "VOTELEDGER_MAX_BODY_BYTES", 16384, 256),
+            pool_min_size=_int(env, "VOTELEDGER_POOL_MIN_SIZE", 2, 0),
+            pool_max_size=_int(env, "VOTELEDGER_POOL_MAX_SIZE", 20, 1),
+        )
+
+
+def _role_url(database_url: str, role: str, password: str | None) -> str:
+    """DATABASE_URL with the user (and password) of an application role."""
+    params = conninfo_to_dict(database_url)
+    params["user"] = role
+    params.pop("password", None)
+    if password:
+        params["password"] = password
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use (never at import)."""
+    return Settings.from_env()
