@@ -19,8 +19,8 @@ from starlette.responses import Response
 
 from commands import handlers
 from commands.decide import CastVote, ItemTypeMismatch, UnknownItem
-from commands.models import AgentIn, AgentOut, ItemIn, ItemOut, Problem as ProblemModel, VoteIn
-from commands.models import VoteOut
+from commands.models import AgentIn, AgentOut, ItemIn, ItemOut, VoteIn, VoteOut
+from commands.models import Problem as ProblemModel
 from commands.ratelimit import RateLimiter
 from infra import problems
 from infra.db import pool_for
@@ -55,7 +55,7 @@ def _bearer(request: Request) -> str:
 def require_operator(request: Request) -> None:
     token = _bearer(request)
     expected: str = request.app.state.settings.operator_token
-    # A missing operator token (development without one) locks operator routes rather than opening them.
+    # No configured token locks the operator routes; it never opens them.
     if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
         raise Problem(
             401,
@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="voteledger command API",
         version="1.0.0",
-        description="Agents cast, change and retract votes; every accepted change is a ledger event.",
+        description="Agents cast, change and retract votes; each change is a ledger event.",
         lifespan=lifespan,
         responses=_ERRORS,
     )
@@ -139,7 +139,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idempotency_key: IdempotencyKey = None,
     ) -> Response:
         if body.agent_id is not None and body.agent_id != agent_id:
-            raise Problem(403, "agent_id is not the agent this API key belongs to", slug="forbidden")
+            raise Problem(
+                403, "agent_id is not the agent this API key belongs to", slug="forbidden"
+            )
         limiter: RateLimiter = request.app.state.limiter
         decision = await limiter.check(str(agent_id))
         headers = limiter.headers(decision)

@@ -82,7 +82,9 @@ async def agent_for_key(pool: AsyncConnectionPool, api_key: str) -> tuple[uuid.U
     return None if row is None else (row[0], row[1] is not None)
 
 
-async def list_item(pool: AsyncConnectionPool, item_id: str, item_type: ItemType, title: str) -> int:
+async def list_item(
+    pool: AsyncConnectionPool, item_id: str, item_type: ItemType, title: str
+) -> int:
     """Add an item to the catalogue; returns the event position."""
     async with pool.connection() as conn, conn.transaction():
         if await (await conn.execute(_INSERT_ITEM, (item_id, item_type, title))).fetchone() is None:
@@ -172,8 +174,14 @@ async def cast_vote(
             slot = evolve(slot, event, recorded_at)
             await conn.execute(
                 _UPDATE_SLOT,
-                (slot.direction, slot.cast_at, slot.version, position)
-                + (command.agent_id, command.item_id),
+                (
+                    slot.direction,
+                    slot.cast_at,
+                    slot.version,
+                    position,
+                    command.agent_id,
+                    command.item_id,
+                ),
             )
         reply = Reply(
             201 if events else 200,

@@ -142,8 +142,12 @@ def agents_list(as_json: JsonOpt = False) -> None:
         print(
             json.dumps(
                 [
-                    {"agent_id": str(a), "name": n, "created_at": c.isoformat(),
-                     "revoked_at": r.isoformat() if r else None}
+                    {
+                        "agent_id": str(a),
+                        "name": n,
+                        "created_at": c.isoformat(),
+                        "revoked_at": r.isoformat() if r else None,
+                    }
                     for a, n, c, r in rows
                 ]
             )

@@ -16,5 +16,5 @@ def pool_for(settings: Settings, role: Role, *, name: str | None = None) -> Asyn
         name=name or role,
         # A broken connection is replaced instead of failing the next request.
         check=AsyncConnectionPool.check_connection,
-        timeout=5.0,
+        timeout=settings.pool_timeout,
     )

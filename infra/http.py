@@ -78,7 +78,9 @@ class EdgeMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
                     # Raised while the route reads its body, so the problem handlers answer it.
-                    raise HTTPException(413, f"the request body exceeds {self.max_body_bytes} bytes")
+                    raise HTTPException(
+                        413, f"the request body exceeds {self.max_body_bytes} bytes"
+                    )
             return message
 
         return wrapped

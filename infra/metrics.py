@@ -21,7 +21,8 @@ RATE_LIMIT_FALLBACK = Counter(
     "Rate-limit decisions taken in-process because Redis was unreachable",
 )
 RATE_LIMIT_REDIS_UP = Gauge(
-    "voteledger_rate_limit_redis_up", "1 while the rate limiter reaches Redis, 0 while it falls back"
+    "voteledger_rate_limit_redis_up",
+    "1 while the rate limiter reaches Redis, 0 while it falls back",
 )
 
 

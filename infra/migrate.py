@@ -98,7 +98,9 @@ def migrate(database_url: str, db_password: str | None = None) -> list[str]:
 
 
 def ensure_partitions(
-    conn: psycopg.Connection, start_at: str | None = None, months_ahead: int = PARTITION_MONTHS_AHEAD
+    conn: psycopg.Connection,
+    start_at: str | None = None,
+    months_ahead: int = PARTITION_MONTHS_AHEAD,
 ) -> list[str]:
     """Create monthly event partitions from `start_at` (default: this month) to months ahead."""
     rows = conn.execute(

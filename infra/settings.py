@@ -64,6 +64,7 @@ class Settings:
     max_body_bytes: int
     pool_min_size: int
     pool_max_size: int
+    pool_timeout: float
 
     @property
     def development(self) -> bool:
@@ -108,6 +109,7 @@ class Settings:
             max_body_bytes=_int(env, "VOTELEDGER_MAX_BODY_BYTES", 16384, 256),
             pool_min_size=_int(env, "VOTELEDGER_POOL_MIN_SIZE", 2, 0),
             pool_max_size=_int(env, "VOTELEDGER_POOL_MAX_SIZE", 20, 1),
+            pool_timeout=_float(env, "VOTELEDGER_POOL_TIMEOUT", 5.0, 0.1),
         )
 
 

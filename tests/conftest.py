@@ -73,7 +73,9 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
         client.close()
 
 
-def make_settings(database_url: str, redis_url: str, redis_prefix: str, **overrides: str) -> Settings:
+def make_settings(
+    database_url: str, redis_url: str, redis_prefix: str, **overrides: str
+) -> Settings:
     env = {
         "VOTELEDGER_ENV": "test",
         "DATABASE_URL": database_url,
@@ -81,6 +83,9 @@ def make_settings(database_url: str, redis_url: str, redis_prefix: str, **overri
         "VOTELEDGER_REDIS_PREFIX": redis_prefix,
         "VOTELEDGER_OPERATOR_TOKEN": OPERATOR_TOKEN,
         "VOTELEDGER_POOL_MAX_SIZE": "30",
+        # High enough that only the rate-limit tests (which lower it) ever meet the limit.
+        "VOTELEDGER_RATE_LIMIT_BURST": "100000",
+        "VOTELEDGER_RATE_LIMIT_PER_SECOND": "100000",
     }
     env.update(overrides)
     return Settings.from_env(env)

@@ -6,18 +6,26 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from infra.migrate import ensure_partitions, load_migrations, migrate
+from events.codec import encode
+from events.types import ItemListed
+from infra.migrate import MigrationError, ensure_partitions, load_migrations, migrate
 from infra.settings import Settings
 
 APP_ROLES = ["command", "projector", "query"]
 
 
+def probe_payload() -> str:
+    """A valid event payload, so later readers of this session's ledger can decode it."""
+    return encode(
+        ItemListed(item_id=f"probe-{uuid.uuid4().hex[:12]}", item_type="tool", title="probe")
+    ).decode()
+
+
 @pytest.fixture
 def one_event(admin_conn: psycopg.Connection) -> Iterator[int]:
     position = admin_conn.execute(
-        "INSERT INTO events (event_type, item_id, payload) VALUES ('Probe', %s, '{}') "
-        "RETURNING position",
-        (f"probe-{uuid.uuid4().hex}",),
+        "INSERT INTO events (event_type, payload) VALUES ('ItemListed', %s) RETURNING position",
+        (probe_payload(),),
     ).fetchone()
     assert position is not None
     yield position[0]
@@ -37,9 +45,11 @@ def test_application_roles_cannot_rewrite_the_ledger(
     settings: Settings, one_event: int, role: str, statement: str
 ) -> None:
     """No application role may update, delete or truncate events."""
-    with psycopg.connect(settings.url_for(role)) as conn:  # type: ignore[arg-type]
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(statement, (one_event,) if "%s" in statement else None)
+    with (
+        psycopg.connect(settings.url_for(role)) as conn,  # type: ignore[arg-type]
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(statement, (one_event,) if "%s" in statement else None)
 
 
 @pytest.mark.parametrize(
@@ -54,12 +64,14 @@ def test_even_the_owner_cannot_rewrite_the_ledger(
     database_url: str, one_event: int, statement: str
 ) -> None:
     """The immutability triggers stop the table owner too."""
-    with psycopg.connect(database_url) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="immutable"):
-            conn.execute(statement, (one_event,) if "%s" in statement else None)
+    with (
+        psycopg.connect(database_url) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="immutable"),
+    ):
+        conn.execute(statement, (one_event,) if "%s" in statement else None)
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT event_type FROM events WHERE position = %s", (one_event,))
-        assert row.fetchone() == ("Probe",)
+        assert row.fetchone() == ("ItemListed",)
 
 
 def test_truncating_a_month_partition_is_refused(database_url: str) -> None:
@@ -95,7 +107,9 @@ def test_events_land_in_their_month(settings: Settings, admin_conn: psycopg.Conn
     with psycopg.connect(settings.url_for("command")) as conn:
         row = conn.execute(
             "INSERT INTO events (event_type, recorded_at, payload) "
-            "VALUES ('Probe', now(), '{}') RETURNING position, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY_MM')"
+            "VALUES ('ItemListed', now(), %s) "
+            "RETURNING position, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY_MM')",
+            (probe_payload(),),
         ).fetchone()
         conn.commit()
     assert row is not None
@@ -109,7 +123,8 @@ def test_default_partition_catches_rows_outside_every_month(
     with psycopg.connect(settings.url_for("command")) as conn:
         row = conn.execute(
             "INSERT INTO events (event_type, recorded_at, payload) "
-            "VALUES ('Probe', '2099-06-15T00:00:00Z', '{}') RETURNING position"
+            "VALUES ('ItemListed', '2099-06-15T00:00:00Z', %s) RETURNING position",
+            (probe_payload(),),
         ).fetchone()
         conn.commit()
     assert row is not None
@@ -147,8 +162,6 @@ def test_migrate_is_idempotent_and_refuses_edited_migrations(
     first = edited[0]
     tampered = [type(first)(first.version, first.name, first.text + "\n-- edited"), *edited[1:]]
     monkeypatch.setattr("infra.migrate.load_migrations", lambda: tampered)
-    from infra.migrate import MigrationError
-
     with pytest.raises(MigrationError, match="changed after it was applied"):
         migrate(database_url)
 

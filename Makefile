@@ -1,0 +1,47 @@
+# The front door. `make run` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+COMMAND_PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format migrate clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Python 3.11 or newer is required (set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python venv module missing; installing python3-venv"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
+	  $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+## run: the whole stack on this machine (throwaway PostgreSQL/Redis unless DATABASE_URL/REDIS_URL reach servers)
+run: $(STAMP)
+	$(BIN)/python -m infra.devstack serve \
+	  --setup "$(BIN)/voteledger migrate" \
+	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nCtrl-C stops everything.\n" \
+	  -- "$(BIN)/uvicorn --factory commands.app:create_app --host $(HOST) --port $(COMMAND_PORT) --no-access-log"
+
+## test: the whole suite against real PostgreSQL and Redis
+test: $(STAMP)
+	$(BIN)/python -m infra.devstack exec --fast -- $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+migrate: $(STAMP)
+	$(BIN)/voteledger migrate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

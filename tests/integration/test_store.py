@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from events import store
+from events.store import Checkpoint
+from events.types import ItemListed
+
+
+def _item() -> ItemListed:
+    return ItemListed(item_id=f"song-{uuid.uuid4().hex[:8]}", item_type="song", title="t")
+
+
+async def _head(conn: psycopg.AsyncConnection) -> Checkpoint:
+    """Read to the current end of the ledger; returns the checkpoint there."""
+    checkpoint = Checkpoint()
+    while True:
+        batch = await store.read_batch(conn, checkpoint, 1000)
+        checkpoint = batch.checkpoint or checkpoint
+        if batch.complete:
+            return checkpoint
+
+
+async def test_appended_events_read_back_in_order(database_url: str) -> None:
+    """Events appended in one transaction read back decoded, in position order."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as reader:
+        start = await _head(reader)
+        events = [_item() for _ in range(5)]
+        async with await psycopg.AsyncConnection.connect(database_url) as writer:
+            positions = [(await store.append(writer, e))[0] for e in events]
+            await writer.commit()
+        batch = await store.read_batch(reader, start, 100)
+    assert [r.event for r in batch.events] == events
+    assert [r.position for r in batch.events] == positions
+    assert batch.complete and batch.allocated >= positions[-1]
+
+
+async def test_reader_never_passes_an_open_transaction(database_url: str) -> None:
+    """A later commit is held back until an earlier-started open transaction finishes."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as reader:
+        start = await _head(reader)
+        async with (
+            await psycopg.AsyncConnection.connect(database_url) as slow,
+            await psycopg.AsyncConnection.connect(database_url) as fast,
+        ):
+            slow_event, fast_event = _item(), _item()
+            await slow.execute("SELECT pg_current_xact_id()")  # slow's transaction starts first
+            await fast.execute("SELECT pg_current_xact_id()")
+            fast_position, _ = await store.append(fast, fast_event)
+            slow_position, _ = await store.append(slow, slow_event)  # drawn later, lower xid
+            await fast.commit()
+
+            held = await store.read_batch(reader, start, 100)
+            assert held.events == []  # fast committed, but slow (lower xid) is still open
+            assert held.snapshot_xmin <= held.snapshot_xmax
+
+            await slow.commit()
+            batch = await store.read_batch(reader, start, 100)
+    # Read order is transaction order: slow's event first although its position is higher.
+    assert [r.event for r in batch.events] == [slow_event, fast_event]
+    assert slow_position > fast_position
+
+
+async def test_rolled_back_events_are_never_read(database_url: str) -> None:
+    """An event whose transaction rolled back leaves a hole in positions, not a read."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as reader:
+        start = await _head(reader)
+        async with await psycopg.AsyncConnection.connect(database_url) as writer:
+            await store.append(writer, _item())
+            await writer.rollback()
+            kept = _item()
+            await store.append(writer, kept)
+            await writer.commit()
+        batch = await store.read_batch(reader, start, 100)
+    assert [r.event for r in batch.events] == [kept]
+
+
+async def test_batches_resume_from_their_checkpoint(database_url: str) -> None:
+    """Reading in small batches returns every event exactly once."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as reader:
+        start = await _head(reader)
+        events = [_item() for _ in range(7)]
+        async with await psycopg.AsyncConnection.connect(database_url) as writer:
+            count = await store.append_many(writer, ((e, None) for e in events))
+            await writer.commit()
+        assert count == 7
+        seen, checkpoint = [], start
+        while True:
+            batch = await store.read_batch(reader, checkpoint, 3)
+            seen.extend(r.event for r in batch.events)
+            checkpoint = batch.checkpoint or checkpoint
+            if batch.complete:
+                break
+    assert seen == events

@@ -1,0 +1,77 @@
+"""Real server processes for tests over HTTP: started per test module, always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from infra.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process read the same settings."""
+    return {
+        **os.environ,
+        "VOTELEDGER_ENV": settings.env,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "VOTELEDGER_REDIS_PREFIX": settings.redis_prefix,
+        "VOTELEDGER_OPERATOR_TOKEN": settings.operator_token,
+        "VOTELEDGER_RATE_LIMIT_PER_SECOND": str(settings.rate_limit_per_second),
+        "VOTELEDGER_RATE_LIMIT_BURST": str(settings.rate_limit_burst),
+    }
+
+
+@contextlib.contextmanager
+def uvicorn_server(factory: str, settings: Settings) -> Iterator[str]:
+    """Run `uvicorn --factory` in a child process; yields its base URL; stops it by PID."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            factory,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=settings_env(settings),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{factory} did not start (exit code {proc.poll()})")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
