@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 ## run: the whole stack on this machine (throwaway PostgreSQL/Redis unless DATABASE_URL/REDIS_URL reach servers)
 run: $(STAMP)
-	$(BIN)/python -m infra.devstack serve \
+	@$(BIN)/python -m infra.devstack serve \
 	  --setup "$(BIN)/voteledger migrate" \
 	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nCtrl-C stops everything.\n" \
 	  -- "$(BIN)/uvicorn --factory commands.app:create_app --host $(HOST) --port $(COMMAND_PORT) --no-access-log"

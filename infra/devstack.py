@@ -441,9 +441,10 @@ def run_serve(
                     log(f"{names[exited[0]]} (pid {p.pid}) exited with code {rc}")
                     break
                 time.sleep(0.2)
-        except KeyboardInterrupt as e:
-            log("interrupted; stopping")
-            rc = 143 if isinstance(e, Terminated) else 130
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM is how a served stack is meant to stop: not a failure.
+            log("stopping")
+            rc = 0
         finally:
             with _shielded():
                 _stop_all(procs, signal.SIGTERM, STOP_GRACE)
