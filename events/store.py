@@ -141,3 +141,16 @@ async def read_batch(conn: psycopg.AsyncConnection, after: Checkpoint, limit: in
         if position is not None
     ]
     return Batch(events, xmin, xmax, allocated, complete=len(events) < limit)
+
+
+_HELD_BACK = """
+SELECT EXISTS (
+    SELECT 1 FROM events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())
+)
+"""
+
+
+async def held_back(conn: psycopg.AsyncConnection) -> bool:
+    """Whether committed events exist that an older, still open transaction keeps from readers."""
+    row = await (await conn.execute(_HELD_BACK)).fetchone()
+    return bool(row and row[0])

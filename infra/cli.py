@@ -67,6 +67,45 @@ def migrate_command() -> None:
     console.print("schema is up to date" if not applied else f"{len(applied)} migration(s) applied")
 
 
+@app.command("project")
+def project_command(
+    projection: Annotated[
+        list[str] | None, typer.Argument(help="postgres and/or redis (default: both)")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics here (default VOTELEDGER_METRICS_PORT; 0: off)")
+    ] = None,
+) -> None:
+    """Run projector workers until stopped. A second instance waits as a hot standby."""
+    import logging
+    import signal
+
+    from prometheus_client import start_http_server
+
+    from projections.runner import PROJECTIONS, run_worker
+
+    settings = _settings()
+    chosen = tuple(projection or PROJECTIONS)
+    unknown = set(chosen) - set(PROJECTIONS)
+    if unknown:
+        err.print(f"[red]unknown projection(s):[/] {', '.join(sorted(unknown))}")
+        raise typer.Exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    if port:
+        start_http_server(port, addr=settings.metrics_addr)
+        console.print(f"projector metrics on http://{settings.metrics_addr}:{port}/metrics")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop, chosen)
+
+    asyncio.run(main())
+
+
 @partitions_app.command("ensure")
 def partitions_ensure(
     months_ahead: Annotated[int, typer.Option(min=0, max=36)] = 2,

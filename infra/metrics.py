@@ -28,3 +28,39 @@ RATE_LIMIT_REDIS_UP = Gauge(
 
 def metrics_response() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+PROJECTION_APPLIED = Counter(
+    "voteledger_projection_events_applied_total", "Events applied", ["projection"]
+)
+PROJECTION_BATCH = Histogram(
+    "voteledger_projection_batch_events",
+    "Events per applied batch",
+    ["projection"],
+    buckets=(1, 5, 20, 100, 500, 2000, 5000, 10000, 20000, 50000),
+)
+PROJECTION_APPLY_SECONDS = Histogram(
+    "voteledger_projection_apply_seconds",
+    "Time to apply one batch to its store",
+    ["projection"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+PROJECTION_LAG_EVENTS = Gauge(
+    "voteledger_projection_lag_events", "Positions drawn but not yet applied", ["projection"]
+)
+PROJECTION_LAG_SECONDS = Gauge(
+    "voteledger_projection_lag_seconds",
+    "Age of the last applied event while positions wait to be applied (0 when caught up)",
+    ["projection"],
+)
+PROJECTION_HELD_BACK_SECONDS = Gauge(
+    "voteledger_projection_held_back_seconds",
+    "How long an open transaction has kept the reader from events that are already committed",
+    ["projection"],
+)
+PROJECTION_WATERMARK = Gauge(
+    "voteledger_projection_watermark", "Every position up to this one is applied", ["projection"]
+)
+PROJECTION_LEASE_HELD = Gauge(
+    "voteledger_projection_lease_held", "1 while this worker holds the projection's lease",
+    ["projection"],
+)  # fmt: skip

@@ -65,6 +65,13 @@ class Settings:
     pool_min_size: int
     pool_max_size: int
     pool_timeout: float
+    metrics_addr: str
+    trending_half_life_seconds: float
+    daily_retention_days: int
+    batch_min: int
+    batch_max: int
+    poll_interval: float
+    changes_stream_max: int
 
     @property
     def development(self) -> bool:
@@ -110,6 +117,14 @@ class Settings:
             pool_min_size=_int(env, "VOTELEDGER_POOL_MIN_SIZE", 2, 0),
             pool_max_size=_int(env, "VOTELEDGER_POOL_MAX_SIZE", 20, 1),
             pool_timeout=_float(env, "VOTELEDGER_POOL_TIMEOUT", 5.0, 0.1),
+            metrics_addr=env.get("VOTELEDGER_METRICS_ADDR", "127.0.0.1"),
+            trending_half_life_seconds=3600
+            * _float(env, "VOTELEDGER_TRENDING_HALF_LIFE_HOURS", 6.0, 0.01),
+            daily_retention_days=_int(env, "VOTELEDGER_DAILY_RETENTION_DAYS", 30, 1),
+            batch_min=_int(env, "VOTELEDGER_BATCH_MIN", 200, 1),
+            batch_max=_int(env, "VOTELEDGER_BATCH_MAX", 20000, 1),
+            poll_interval=_float(env, "VOTELEDGER_POLL_INTERVAL", 1.0, 0.01),
+            changes_stream_max=_int(env, "VOTELEDGER_CHANGES_STREAM_MAX", 10000, 10),
         )
 
 

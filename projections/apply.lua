@@ -1,0 +1,85 @@
+-- Applies one projected batch to the Redis read models of one generation, atomically, with its
+-- checkpoint. KEYS[1] is the generation's namespace (a hash tag: every key below shares its slot).
+-- ARGV[1] is a JSON document (see projections/targets.py RedisTarget.apply).
+--
+-- The batch is refused unless the stored checkpoint is exactly where the batch starts and no
+-- higher fencing token has written: a replayed batch, a batch from a worker that lost its lease,
+-- or one that overlaps what another worker applied changes nothing.
+local ns = KEYS[1]
+local a = cjson.decode(ARGV[1])
+local meta = ns .. ':meta'
+
+local cur = redis.call('HMGET', meta, 'tx_id', 'position', 'fence', 'epoch')
+if (cur[1] or '0') ~= a.from_tx or (cur[2] or '0') ~= a.from_pos then
+    return {0, 'checkpoint is at ' .. (cur[1] or '0') .. '/' .. (cur[2] or '0')}
+end
+if tonumber(cur[3] or '0') > a.fence then
+    return {0, 'fenced by token ' .. cur[3]}
+end
+
+local function num(x)
+    return string.format('%.17g', x)
+end
+
+local z = 1.959963984540054
+local function wilson(up, down)
+    local n = up + down
+    if n <= 0 then return 0 end
+    local p = up / n
+    local z2 = z * z
+    local v = (p + z2 / (2 * n) - z * math.sqrt((p * (1 - p) + z2 / (4 * n)) / n)) / (1 + z2 / n)
+    if v < 0 then return 0 end
+    return v
+end
+
+-- Moving the trending epoch: every stored sum is rescaled by the same factor (ranks unchanged).
+if a.factor ~= '1.0' and cur[4] then
+    local factor = tonumber(a.factor)
+    for _, item_type in ipairs({'song', 'tool'}) do
+        local key = ns .. ':trend:' .. item_type
+        local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+        for i = 1, #all, 2 do
+            redis.call('ZADD', key, num(tonumber(all[i + 1]) * factor), all[i])
+        end
+    end
+end
+
+local changed = {}
+for _, it in ipairs(a.items) do
+    local id, item_type, title = it[1], it[2], it[3]
+    local key = ns .. ':item:' .. id
+    local up = redis.call('HINCRBY', key, 'up', it[4])
+    local down = redis.call('HINCRBY', key, 'down', it[5])
+    local net = up - down
+    if title then
+        redis.call('HSET', key, 'item_type', item_type, 'net', net, 'title', title)
+    else
+        redis.call('HSET', key, 'item_type', item_type, 'net', net)
+    end
+    redis.call('ZADD', ns .. ':top:' .. item_type, net, id)
+    redis.call('ZADD', ns .. ':conf:' .. item_type, num(wilson(up, down)), id)
+    local trend = redis.call('ZINCRBY', ns .. ':trend:' .. item_type, it[6], id)
+    changed[#changed + 1] = {id, item_type, up, down, net, trend}
+end
+
+for _, d in ipairs(a.days) do
+    local key = ns .. ':daily:' .. d[2] .. ':' .. d[1]
+    redis.call('ZINCRBY', key, d[4], d[3])
+    redis.call('EXPIREAT', key, d[5])
+end
+
+redis.call('HSET', meta, 'tx_id', a.to_tx, 'position', a.to_pos, 'watermark', a.watermark,
+           'fence', a.fence, 'epoch', a.epoch)
+if a.last_event_at ~= '' then
+    redis.call('HSET', meta, 'last_event_at', a.last_event_at)
+end
+redis.call('HINCRBY', meta, 'events_applied', a.events)
+
+-- Change notices for the query side's live stream: the capped stream lets a reconnecting client
+-- resume (or learn that it missed too much); pub/sub wakes waiting readers at once.
+if #changed > 0 then
+    redis.call('XADD', ns .. ':changes', 'MAXLEN', '~', a.stream_max, a.watermark .. '-*',
+               'position', a.watermark, 'items', cjson.encode(changed))
+end
+redis.call('PUBLISH', ns .. ':changes', a.watermark)
+return {1, a.watermark}

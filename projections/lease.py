@@ -1,0 +1,89 @@
+"""One active worker per projection: a session advisory lock plus a fencing token.
+
+The lock lives as long as the worker's database session: when the worker dies, PostgreSQL ends the
+session and releases it, and a standby polling for it takes over within a poll interval. Each new
+holder increments the projection's fencing token; the stores refuse writes carrying an older one,
+so a worker that lost its session (and so its lease) but is still running cannot overwrite what
+the newer holder wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import psycopg
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('voteledger:projection:' || %s))"
+_TAKE_FENCE = """
+INSERT INTO projection_leases AS l (projection, fence, holder, acquired_at)
+VALUES (%s, 1, %s, now())
+ON CONFLICT (projection) DO UPDATE
+SET fence = l.fence + 1, holder = excluded.holder, acquired_at = excluded.acquired_at
+RETURNING fence
+"""
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LeaseLost(Exception):
+    """The lease's session ended: this worker must stop writing."""
+
+
+class Lease:
+    def __init__(self, conninfo: str, projection: str, *, poll: float = 0.5) -> None:
+        self.conninfo = conninfo
+        self.projection = projection
+        self.poll = poll
+        self.fence = 0
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Wait (as a hot standby) until this worker holds the lease; False if asked to stop."""
+        while not stop.is_set():
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.conninfo, autocommit=True, application_name=f"lease:{self.projection}"
+                )
+            except psycopg.OperationalError:
+                await _sleep_or_stop(stop, self.poll * 4)
+                continue
+            try:
+                while not stop.is_set():
+                    row = await (await conn.execute(_TRY_LOCK, (self.projection,))).fetchone()
+                    if row and row[0]:
+                        fence = await (
+                            await conn.execute(_TAKE_FENCE, (self.projection, worker_identity()))
+                        ).fetchone()
+                        assert fence is not None
+                        self.fence, self._conn = fence[0], conn
+                        return True
+                    await _sleep_or_stop(stop, self.poll)
+            except psycopg.OperationalError:
+                pass
+            await conn.close()
+        return False
+
+    async def check(self) -> None:
+        """Raise LeaseLost unless the lease's session is still alive."""
+        if self._conn is None or self._conn.closed:
+            raise LeaseLost(self.projection)
+        try:
+            await self._conn.execute("SELECT 1")
+        except psycopg.OperationalError as exc:
+            raise LeaseLost(self.projection) from exc
+
+    async def release(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()  # ending the session releases the advisory lock
+            self._conn = None
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

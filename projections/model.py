@@ -1,0 +1,196 @@
+"""The read models as pure folds: no I/O, no clock, no logging.
+
+`fold(events, epoch, half_life)` turns a batch of recorded events into `Changes`: per item and per
+(UTC day, item), additive amounts. Merging the changes of consecutive batches gives the same read
+model as folding all their events at once, whatever the split (tests/unit/test_model.py proves it).
+Both stores apply `Changes` as increments, with their checkpoint, atomically.
+
+Trending uses the log/epoch trick: an exponentially decayed sum  sum(delta_i * 2^-((now - t_i)/h))
+equals  2^-((now - E)/h) * sum(delta_i * 2^((t_i - E)/h))  for any epoch E. The second sum does not
+depend on `now`, so it is updated once per vote and ranks items the same at every instant; it is
+decayed only when shown. It grows as 2^((t - E)/h), so E moves forward ("rebase") once the newest
+event is REBASE_AFTER half-lives past it, and stored sums are rescaled by the same factor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+from events.types import DIRECTION_VALUE, ItemListed, Recorded, VoteCast
+
+REBASE_AFTER = 32  # half-lives: 2^32 leaves a double ~20 significant digits of headroom below 2^53
+WILSON_Z = 1.959963984540054  # 95% two-sided
+
+
+def wilson_lower_bound(up: int, down: int, z: float = WILSON_Z) -> float:
+    """Lower bound of the Wilson score interval for the share of up votes (0 with no votes)."""
+    n = up + down
+    if n <= 0:
+        return 0.0
+    p = up / n
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    margin = z * math.sqrt((p * (1 - p) + z2 / (4 * n)) / n)
+    return max(0.0, (centre - margin) / (1 + z2 / n))
+
+
+def decayed(trend: float, epoch: float, at: float, half_life: float) -> float:
+    """A stored trending sum (relative to `epoch`) as decayed net votes at time `at`."""
+    return trend * 2.0 ** ((epoch - at) / half_life)
+
+
+@dataclass(slots=True)
+class ItemTotals:
+    item_type: str
+    title: str | None = None
+    listed_at: datetime | None = None
+    up: int = 0
+    down: int = 0
+    first_vote_at: datetime | None = None
+    last_vote_at: datetime | None = None
+    trend: float = 0.0
+
+    @property
+    def net(self) -> int:
+        return self.up - self.down
+
+    @property
+    def wilson(self) -> float:
+        return wilson_lower_bound(self.up, self.down)
+
+
+@dataclass(slots=True)
+class DayTotals:
+    """What one item gained on one UTC day (negative when votes were withdrawn that day)."""
+
+    item_type: str
+    up: int = 0
+    down: int = 0
+
+    @property
+    def net(self) -> int:
+        return self.up - self.down
+
+
+@dataclass(slots=True)
+class Changes:
+    """Additive read-model amounts. Also the whole read model: the changes since the beginning."""
+
+    epoch: float | None = None
+    items: dict[str, ItemTotals] = field(default_factory=dict)
+    days: dict[tuple[date, str], DayTotals] = field(default_factory=dict)
+
+
+def choose_epoch(current: float | None, events: list[Recorded], half_life: float) -> float | None:
+    """The trending epoch for a batch: the current one unless the batch's newest event is too far
+    past it. Moving it to the newest event's hour keeps every contribution below 2^REBASE_AFTER."""
+    if not events:
+        return current
+    newest = max(r.recorded_at.timestamp() for r in events)
+    if current is None or newest - current > REBASE_AFTER * half_life:
+        return math.floor(newest / 3600) * 3600.0
+    return current
+
+
+def fold(events: Iterable[Recorded], epoch: float, half_life: float) -> Changes:
+    """The changes a batch of events makes, with trending relative to `epoch`."""
+    changes = Changes(epoch=epoch)
+    items, days = changes.items, changes.days
+    for recorded in events:
+        event = recorded.event
+        if isinstance(event, VoteCast):
+            at = recorded.recorded_at
+            up = (event.direction == "up") - (event.previous == "up")
+            down = (event.direction == "down") - (event.previous == "down")
+            item = items.get(event.item_id)
+            if item is None:
+                item = items[event.item_id] = ItemTotals(event.item_type)
+            item.up += up
+            item.down += down
+            if item.first_vote_at is None or at < item.first_vote_at:
+                item.first_vote_at = at
+            if item.last_vote_at is None or at > item.last_vote_at:
+                item.last_vote_at = at
+            delta = DIRECTION_VALUE[event.direction] - DIRECTION_VALUE[event.previous]
+            item.trend += delta * 2.0 ** ((at.timestamp() - epoch) / half_life)
+            key = (at.astimezone(UTC).date(), event.item_id)
+            day = days.get(key)
+            if day is None:
+                day = days[key] = DayTotals(event.item_type)
+            day.up += up
+            day.down += down
+        elif isinstance(event, ItemListed):
+            item = items.get(event.item_id)
+            if item is None:
+                item = items[event.item_id] = ItemTotals(event.item_type)
+            item.item_type = event.item_type
+            item.title = event.title
+            item.listed_at = recorded.recorded_at
+    return changes
+
+
+def merge(into: Changes, more: Changes, half_life: float) -> Changes:
+    """Add `more` to `into` (in place), rescaling `into`'s trending sums to `more`'s epoch."""
+    if more.epoch is not None and into.epoch != more.epoch:
+        if into.epoch is not None:
+            factor = rescale_factor(into.epoch, more.epoch, half_life)
+            for item in into.items.values():
+                item.trend *= factor
+        into.epoch = more.epoch
+    for item_id, extra in more.items.items():
+        item = into.items.get(item_id)
+        if item is None:
+            into.items[item_id] = ItemTotals(
+                extra.item_type, extra.title, extra.listed_at, extra.up, extra.down,
+                extra.first_vote_at, extra.last_vote_at, extra.trend,
+            )  # fmt: skip
+            continue
+        item.item_type = extra.item_type
+        if extra.title is not None:
+            item.title, item.listed_at = extra.title, extra.listed_at
+        item.up += extra.up
+        item.down += extra.down
+        item.first_vote_at = _earliest(item.first_vote_at, extra.first_vote_at)
+        item.last_vote_at = _latest(item.last_vote_at, extra.last_vote_at)
+        item.trend += extra.trend
+    for key, extra_day in more.days.items():
+        day = into.days.get(key)
+        if day is None:
+            into.days[key] = DayTotals(extra_day.item_type, extra_day.up, extra_day.down)
+        else:
+            day.up += extra_day.up
+            day.down += extra_day.down
+    return into
+
+
+def rescale_factor(old_epoch: float, new_epoch: float, half_life: float) -> float:
+    return 2.0 ** ((old_epoch - new_epoch) / half_life)
+
+
+def fold_all(events: Iterable[Recorded], half_life: float, batch: int = 10_000) -> Changes:
+    """The whole read model from a stream of events, folded in batches as a runner would."""
+    model = Changes()
+    chunk: list[Recorded] = []
+    for recorded in events:
+        chunk.append(recorded)
+        if len(chunk) >= batch:
+            model = _fold_into(model, chunk, half_life)
+            chunk = []
+    return _fold_into(model, chunk, half_life) if chunk else model
+
+
+def _fold_into(model: Changes, chunk: list[Recorded], half_life: float) -> Changes:
+    epoch = choose_epoch(model.epoch, chunk, half_life)
+    assert epoch is not None
+    return merge(model, fold(chunk, epoch, half_life), half_life)
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
