@@ -99,6 +99,11 @@ async def list_item(
 # --- votes ------------------------------------------------------------------------------------
 
 _ITEM_TYPE = "SELECT item_type FROM items WHERE item_id = %s"
+# Taken before anything else in a vote's transaction, and it assigns no transaction id. So two
+# votes on one slot get their transaction ids in the order they hold the slot, and the projectors,
+# which read in transaction-id order, see each slot's events in the order they were decided: no
+# read model ever shows a transient count (such as -1 up) that the slot never had.
+_SLOT_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s::text), hashtext(%s))"
 # The slot row is the lock that serialises every vote of one agent on one item. Creating it first
 # (a no-op when it exists) means concurrent first votes queue on the same row instead of racing.
 _ENSURE_SLOT = """
@@ -160,6 +165,7 @@ async def cast_vote(
 ) -> Reply:
     """Record a vote: lock the slot, decide, append, all in one transaction."""
     async with pool.connection() as conn, conn.transaction():
+        await conn.execute(_SLOT_LOCK, (command.agent_id, command.item_id))
         if idempotency_key is not None:
             replay = await _claim_key(conn, command, idempotency_key)
             if replay is not None:

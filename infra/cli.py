@@ -73,7 +73,8 @@ def project_command(
         list[str] | None, typer.Argument(help="postgres and/or redis (default: both)")
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve /metrics here (default VOTELEDGER_METRICS_PORT; 0: off)")
+        int | None,
+        typer.Option(help="Serve /metrics here (default VOTELEDGER_METRICS_PORT; 0: off)"),
     ] = None,
 ) -> None:
     """Run projector workers until stopped. A second instance waits as a hot standby."""

@@ -337,6 +337,9 @@ def services(fast: bool = False) -> Iterator[dict[str, str]]:
                 url = start()
                 notes.append(f"{label} {url} (throwaway)")
             env[var] = url
+            if var == "REDIS_URL":
+                # Tests may flush a server only when it is this launcher's own.
+                env["VOTELEDGER_REDIS_DISPOSABLE"] = "0" if err is None else "1"
         log("using " + "; ".join(notes))
         yield env
     finally:

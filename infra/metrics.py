@@ -29,6 +29,7 @@ RATE_LIMIT_REDIS_UP = Gauge(
 def metrics_response() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+
 PROJECTION_APPLIED = Counter(
     "voteledger_projection_events_applied_total", "Events applied", ["projection"]
 )

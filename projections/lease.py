@@ -10,6 +10,7 @@ the newer holder wrote.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 
@@ -83,7 +84,5 @@ class Lease:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

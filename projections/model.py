@@ -28,8 +28,8 @@ WILSON_Z = 1.959963984540054  # 95% two-sided
 def wilson_lower_bound(up: int, down: int, z: float = WILSON_Z) -> float:
     """Lower bound of the Wilson score interval for the share of up votes (0 with no votes)."""
     n = up + down
-    if n <= 0:
-        return 0.0
+    if n <= 0 or up < 0 or down < 0:
+        return 0.0  # no votes (counts are never negative once a slot's events are all applied)
     p = up / n
     z2 = z * z
     centre = p + z2 / (2 * n)
@@ -39,7 +39,7 @@ def wilson_lower_bound(up: int, down: int, z: float = WILSON_Z) -> float:
 
 def decayed(trend: float, epoch: float, at: float, half_life: float) -> float:
     """A stored trending sum (relative to `epoch`) as decayed net votes at time `at`."""
-    return trend * 2.0 ** ((epoch - at) / half_life)
+    return float(trend * 2.0 ** ((epoch - at) / half_life))
 
 
 @dataclass(slots=True)
@@ -123,12 +123,12 @@ def fold(events: Iterable[Recorded], epoch: float, half_life: float) -> Changes:
             day.up += up
             day.down += down
         elif isinstance(event, ItemListed):
-            item = items.get(event.item_id)
-            if item is None:
-                item = items[event.item_id] = ItemTotals(event.item_type)
-            item.item_type = event.item_type
-            item.title = event.title
-            item.listed_at = recorded.recorded_at
+            listed = items.get(event.item_id)
+            if listed is None:
+                listed = items[event.item_id] = ItemTotals(event.item_type)
+            listed.item_type = event.item_type
+            listed.title = event.title
+            listed.listed_at = recorded.recorded_at
     return changes
 
 
@@ -141,21 +141,21 @@ def merge(into: Changes, more: Changes, half_life: float) -> Changes:
                 item.trend *= factor
         into.epoch = more.epoch
     for item_id, extra in more.items.items():
-        item = into.items.get(item_id)
-        if item is None:
+        current = into.items.get(item_id)
+        if current is None:
             into.items[item_id] = ItemTotals(
                 extra.item_type, extra.title, extra.listed_at, extra.up, extra.down,
                 extra.first_vote_at, extra.last_vote_at, extra.trend,
             )  # fmt: skip
             continue
-        item.item_type = extra.item_type
+        current.item_type = extra.item_type
         if extra.title is not None:
-            item.title, item.listed_at = extra.title, extra.listed_at
-        item.up += extra.up
-        item.down += extra.down
-        item.first_vote_at = _earliest(item.first_vote_at, extra.first_vote_at)
-        item.last_vote_at = _latest(item.last_vote_at, extra.last_vote_at)
-        item.trend += extra.trend
+            current.title, current.listed_at = extra.title, extra.listed_at
+        current.up += extra.up
+        current.down += extra.down
+        current.first_vote_at = _earliest(current.first_vote_at, extra.first_vote_at)
+        current.last_vote_at = _latest(current.last_vote_at, extra.last_vote_at)
+        current.trend += extra.trend
     for key, extra_day in more.days.items():
         day = into.days.get(key)
         if day is None:
@@ -167,7 +167,7 @@ def merge(into: Changes, more: Changes, half_life: float) -> Changes:
 
 
 def rescale_factor(old_epoch: float, new_epoch: float, half_life: float) -> float:
-    return 2.0 ** ((old_epoch - new_epoch) / half_life)
+    return float(2.0 ** ((old_epoch - new_epoch) / half_life))
 
 
 def fold_all(events: Iterable[Recorded], half_life: float, batch: int = 10_000) -> Changes:

@@ -167,7 +167,10 @@ class ProjectionRunner:
         self, target: Target, state: State, batch: Batch, watermark: int, fence: int
     ) -> State:
         epoch = choose_epoch(state.epoch, batch.events, self.half_life)
-        changes = fold(batch.events, epoch, self.half_life) if batch.events else Changes(epoch)
+        changes = Changes(epoch)
+        if batch.events:
+            assert epoch is not None  # choose_epoch always has one for a non-empty batch
+            changes = fold(batch.events, epoch, self.half_life)
         step = Step(
             changes,
             batch.checkpoint or state.checkpoint,
@@ -183,9 +186,9 @@ class ProjectionRunner:
             m.PROJECTION_BATCH.labels(self.name).observe(len(batch.events))
         return state
 
-    async def _wait(self, listener: psycopg.AsyncConnection, timeout: float) -> None:
+    async def _wait(self, listener: psycopg.AsyncConnection, seconds: float) -> None:
         """Sleep until a NOTIFY (only a wake-up: the loop reads from its checkpoint anyway)."""
-        async for _ in listener.notifies(timeout=timeout, stop_after=1):
+        async for _ in listener.notifies(timeout=seconds, stop_after=1):
             pass
 
 

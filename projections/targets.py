@@ -9,7 +9,7 @@ paused or zombie worker that lost its lease cannot overwrite a newer worker's re
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Protocol
@@ -33,7 +33,7 @@ class Fenced(Exception):
 class State:
     """What a projection has applied so far, as stored with its read models."""
 
-    checkpoint: Checkpoint = Checkpoint()
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
     watermark: int = 0
     epoch: float | None = None
     events_applied: int = 0
@@ -86,8 +86,8 @@ WHERE projection = 'postgres'
 """
 _PG_RESCALE = "UPDATE {schema}.items SET trend = trend * %s WHERE trend <> 0"
 _PG_ITEMS = """
-INSERT INTO {schema}.items AS i
-    (item_id, item_type, title, listed_at, up, down, net, wilson, trend, first_vote_at, last_vote_at)
+INSERT INTO {schema}.items AS i (item_id, item_type, title, listed_at, up, down, net, wilson,
+                                 trend, first_vote_at, last_vote_at)
 SELECT c.item_id, c.item_type, coalesce(c.title, ''), c.listed_at, c.up, c.down, c.up - c.down,
        wilson_lower_bound(c.up, c.down), c.trend, c.first_vote_at, c.last_vote_at
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[], %s::bigint[],
@@ -277,11 +277,11 @@ class RedisTarget:
             "events": step.events,
             "last_event_at": step.last_event_at.isoformat() if step.last_event_at else "",
             "stream_max": self.stream_max,
+            # title false: not listed in this batch (cjson turns null into a userdata, not nil)
             "items": [
-                [item_id, t.item_type, t.title if t.title is not None else False, t.up, t.down,
-                 repr(t.trend)]
-                for item_id, t in changes.items.items()
-            ],  # fmt: skip
+                [i, t.item_type, t.title or False, t.up, t.down, repr(t.trend)]
+                for i, t in changes.items.items()
+            ],
             "days": day_rows,
         }
         result = await self._apply(keys=[self.ns], args=[msgspec.json.encode(args)])

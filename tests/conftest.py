@@ -7,6 +7,7 @@ a Redis key prefix of its own, and removes both at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,9 +37,9 @@ def with_database(url: str, dbname: str) -> str:
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A freshly migrated database for this test session, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A newly created and migrated database, dropped afterwards."""
     admin = _admin_url()
     name = f"vl_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -53,6 +54,13 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """The database shared by this test session."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     url = os.environ.get("REDIS_URL")
     if not url:
@@ -60,17 +68,24 @@ def redis_url() -> str:
     return url
 
 
-@pytest.fixture(scope="session")
-def redis_prefix(redis_url: str) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_redis_prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of its own; its keys are deleted afterwards."""
     prefix = f"vltest{uuid.uuid4().hex[:8]}"
     yield prefix
     client = redis.Redis.from_url(redis_url)
     try:
         keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    with fresh_redis_prefix(redis_url) as prefix:
+        yield prefix
 
 
 def make_settings(

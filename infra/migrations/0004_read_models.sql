@@ -19,7 +19,8 @@ CREATE TABLE projection_leases (
 CREATE FUNCTION wilson_lower_bound(up bigint, down bigint) RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     -- Same formula and z (95%) as projections/model.py.
-    SELECT CASE WHEN up + down <= 0 THEN 0::double precision ELSE greatest(0::double precision, (
+    SELECT CASE WHEN up + down <= 0 OR up < 0 OR down < 0 THEN 0::double precision
+    ELSE greatest(0::double precision, (
         up::double precision / (up + down) + 3.841458820694124 / (2 * (up + down))
         - 1.959963984540054 * sqrt(
             (up::double precision / (up + down)) * (1 - up::double precision / (up + down))
