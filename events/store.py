@@ -76,6 +76,17 @@ async def append(conn: psycopg.AsyncConnection, event: Event) -> tuple[int, date
     return row[0], row[1]
 
 
+# Bulk appends. The transaction id must exist before the first position is drawn (see
+# 0002_events.sql), hence the explicit pg_current_xact_id() first.
+_START_APPEND = "SELECT pg_current_xact_id()"
+_COPY_EVENTS = "COPY events (event_type, agent_id, item_id, recorded_at, payload) FROM STDIN"
+
+
+def _copy_row(event: Event, recorded_at: datetime | None) -> tuple[object, ...]:
+    agent_id, item_id = _keys(event)
+    return (event_type(event), agent_id, item_id, recorded_at or "now", encode(event).decode())
+
+
 async def append_many(
     conn: psycopg.AsyncConnection, events: Iterable[tuple[Event, datetime | None]]
 ) -> int:
@@ -83,16 +94,24 @@ async def append_many(
 
     A None time means "now". Returns the number of rows written.
     """
-    # The transaction id must exist before the first position is drawn (see 0002_events.sql).
-    await conn.execute("SELECT pg_current_xact_id()")
+    await conn.execute(_START_APPEND)
     count = 0
-    columns = "event_type, agent_id, item_id, recorded_at, payload"
-    async with conn.cursor().copy(f"COPY events ({columns}) FROM STDIN") as copy:
+    async with conn.cursor().copy(_COPY_EVENTS) as copy:
         for event, recorded_at in events:
-            agent_id, item_id = _keys(event)
-            await copy.write_row(
-                (event_type(event), agent_id, item_id, recorded_at or "now", encode(event).decode())
-            )
+            await copy.write_row(_copy_row(event, recorded_at))
+            count += 1
+    return count
+
+
+def append_many_sync(
+    conn: psycopg.Connection, events: Iterable[tuple[Event, datetime | None]]
+) -> int:
+    """`append_many` for synchronous callers (the CLI's bulk commands)."""
+    conn.execute(_START_APPEND)
+    count = 0
+    with conn.cursor().copy(_COPY_EVENTS) as copy:
+        for event, recorded_at in events:
+            copy.write_row(_copy_row(event, recorded_at))
             count += 1
     return count
 

@@ -217,6 +217,50 @@ def items_add(item_id: str, item_type: str, title: str) -> None:
     console.print(f"listed {item_id} at position {position}")
 
 
+@app.command("seed")
+def seed_command(
+    agents: Annotated[int, typer.Option(min=1, help="Agents to register")] = 100,
+    items: Annotated[int, typer.Option(min=1, help="Items to list (3 songs to 1 tool)")] = 1000,
+    votes: Annotated[int, typer.Option(min=0, help="Vote events to record")] = 10_000,
+    days: Annotated[float, typer.Option(min=0.0, help="Spread vote times over this many days")] = 7,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data)")] = 0,
+) -> None:
+    """Write demo/benchmark data as real ledger events (bulk, in one transaction)."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from infra.seed import SeedPlan, write
+
+    plan = SeedPlan(agents=agents, items=items, votes=votes, days=days, seed=seed)
+    total = agents + items + votes
+    columns = (
+        TextColumn("seeding"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} events/s"), TimeRemainingColumn(),
+    )  # fmt: skip
+    started = time.perf_counter()
+    with psycopg.connect(_settings().database_url) as conn, Progress(*columns, console=err) as bar:
+        task = bar.add_task("seed", total=total, rate="-")
+
+        def advance(n: int) -> None:
+            done = bar.tasks[0].completed + n
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, advance=n, rate=f"{rate:,.0f}")
+
+        count = write(conn, plan, progress=advance)
+    elapsed = time.perf_counter() - started
+    console.print(
+        f"seeded {count:,} events ({agents:,} agents, {items:,} items, {votes:,} votes over "
+        f"{days:g} days) in {elapsed:.1f} s, {count / max(elapsed, 1e-9):,.0f} events/s"
+    )
+
+
 def main() -> None:
     try:
         app()
