@@ -7,12 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
+
 ItemId = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:~-]*$",
+        max_length=ITEM_ID_MAX_LENGTH,
+        pattern=ITEM_ID_PATTERN,
         description="Catalogue id: letters, digits and . _ : ~ -",
         examples=["song-42"],
     ),

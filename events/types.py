@@ -15,6 +15,10 @@ import msgspec
 Direction = Literal["up", "down", "none"]
 ItemType = Literal["song", "tool"]
 
+# What a catalogue id looks like: both APIs validate ids with this pattern.
+ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:~-]*$"
+ITEM_ID_MAX_LENGTH = 128
+
 # The value each direction contributes to an item's net score.
 DIRECTION_VALUE: dict[str, int] = {"up": 1, "down": -1, "none": 0}
 

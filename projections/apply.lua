@@ -70,6 +70,10 @@ end
 
 redis.call('HSET', meta, 'tx_id', a.to_tx, 'position', a.to_pos, 'watermark', a.watermark,
            'fence', a.fence, 'epoch', a.epoch)
+-- "live": this generation has caught up with the ledger at least once, so readers may use it.
+if a.live == 1 then
+    redis.call('HSET', meta, 'live', 1)
+end
 if a.last_event_at ~= '' then
     redis.call('HSET', meta, 'last_event_at', a.last_event_at)
 end
@@ -79,7 +83,7 @@ redis.call('HINCRBY', meta, 'events_applied', a.events)
 -- resume (or learn that it missed too much); pub/sub wakes waiting readers at once.
 if #changed > 0 then
     redis.call('XADD', ns .. ':changes', 'MAXLEN', '~', a.stream_max, a.watermark .. '-*',
-               'position', a.watermark, 'items', cjson.encode(changed))
+               'position', a.watermark, 'epoch', a.epoch, 'items', cjson.encode(changed))
 end
 redis.call('PUBLISH', ns .. ':changes', a.watermark)
 return {1, a.watermark}

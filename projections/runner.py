@@ -177,6 +177,7 @@ class ProjectionRunner:
             watermark,
             len(batch.events),
             max((r.recorded_at for r in batch.events), default=None),
+            caught_up=batch.complete,
         )
         started = time.perf_counter()
         state = await target.apply(state, step, fence, self.half_life)

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from psycopg import sql
 
 from events.store import Checkpoint
+from infra.redis_keys import generation_key, namespace
 from projections.model import Changes, rescale_factor
 
 log = logging.getLogger("voteledger.projections")
@@ -48,6 +49,7 @@ class Step:
     watermark: int
     events: int
     last_event_at: datetime | None
+    caught_up: bool = False  # the batch reached everything readable at the time
 
 
 class Target(Protocol):
@@ -200,12 +202,6 @@ class PostgresTarget:
 # --- Redis --------------------------------------------------------------------------------------
 
 
-def redis_namespace(prefix: str, generation: int) -> str:
-    """Every key of one generation shares this hash tag, so one Lua call may touch them all
-    (and Redis Cluster keeps them in one slot)."""
-    return f"{{{prefix}:g{generation}}}"
-
-
 class RedisTarget:
     name = "redis"
 
@@ -214,7 +210,9 @@ class RedisTarget:
         stream_max: int,
     ) -> None:  # fmt: skip
         self.client = client
-        self.ns = redis_namespace(prefix, generation)
+        self.prefix = prefix
+        self.generation = generation
+        self.ns = namespace(prefix, generation)
         self.retention_days = retention_days
         self.stream_max = stream_max
         # redis-py's Script runs EVALSHA and reloads the script when Redis answers NOSCRIPT.
@@ -223,6 +221,8 @@ class RedisTarget:
         )
 
     async def load(self) -> State:
+        # First start (or a flushed Redis): readers learn the generation from this key.
+        await self.client.set(generation_key(self.prefix), self.generation, nx=True)
         meta = await self.client.hgetall(f"{self.ns}:meta")
         if not meta:
             # No checkpoint means Redis lost this generation (flushed, or restarted without
@@ -277,6 +277,7 @@ class RedisTarget:
             "events": step.events,
             "last_event_at": step.last_event_at.isoformat() if step.last_event_at else "",
             "stream_max": self.stream_max,
+            "live": 1 if step.caught_up else 0,
             # title false: not listed in this batch (cjson turns null into a userdata, not nil)
             "items": [
                 [i, t.item_type, t.title or False, t.up, t.down, repr(t.trend)]

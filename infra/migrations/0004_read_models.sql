@@ -38,7 +38,8 @@ BEGIN
     EXECUTE format('CREATE SCHEMA %I', s);
     EXECUTE format($ddl$
         CREATE TABLE %1$I.items (
-            item_id       text             PRIMARY KEY,
+            -- COLLATE "C": ties rank by item id bytewise, exactly as Redis sorted sets do.
+            item_id       text COLLATE "C" PRIMARY KEY,
             item_type     text             NOT NULL,
             title         text             NOT NULL DEFAULT '',
             listed_at     timestamptz,
@@ -55,7 +56,7 @@ BEGIN
         CREATE INDEX ON %1$I.items (item_type, trend DESC, item_id DESC);
         CREATE TABLE %1$I.daily (
             day        date   NOT NULL,
-            item_id    text   NOT NULL,
+            item_id    text COLLATE "C" NOT NULL,
             item_type  text   NOT NULL,
             up         bigint NOT NULL DEFAULT 0,
             down       bigint NOT NULL DEFAULT 0,

@@ -24,7 +24,7 @@ from events.types import Direction, ItemListed, VoteCast
 from infra.db import pool_for
 from infra.settings import Settings
 from projections import verify
-from projections.targets import redis_namespace
+from infra.redis_keys import namespace as redis_namespace
 from tests.servers import settings_env
 
 DIRECTIONS: list[Direction] = ["up", "down", "none"]

@@ -21,7 +21,8 @@ from events.types import ItemListed, Recorded, VoteCast
 from infra.settings import Settings
 from projections.model import Changes, fold
 from projections.runner import run_worker
-from projections.targets import Fenced, PostgresTarget, RedisTarget, State, Step, redis_namespace
+from infra.redis_keys import namespace as redis_namespace
+from projections.targets import Fenced, PostgresTarget, RedisTarget, State, Step
 from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
 from tests.integration.projection_support import (
     assert_read_models_match_ledger,
