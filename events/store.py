@@ -130,7 +130,7 @@ FROM (
 ) AS s
 LEFT JOIN LATERAL (
     SELECT position, tx_id, recorded_at, payload
-    FROM events
+    FROM ledger
     WHERE (tx_id, position) > (%(tx_id)s::text::xid8, %(position)s)
       AND tx_id < s.xmin
     ORDER BY tx_id, position
@@ -164,7 +164,7 @@ async def read_batch(conn: psycopg.AsyncConnection, after: Checkpoint, limit: in
 
 _HELD_BACK = """
 SELECT EXISTS (
-    SELECT 1 FROM events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())
+    SELECT 1 FROM ledger WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())
 )
 """
 

@@ -32,9 +32,10 @@ def wilson_lower_bound(up: int, down: int, z: float = WILSON_Z) -> float:
         return 0.0  # no votes (counts are never negative once a slot's events are all applied)
     p = up / n
     z2 = z * z
-    centre = p + z2 / (2 * n)
-    margin = z * math.sqrt((p * (1 - p) + z2 / (4 * n)) / n)
-    return max(0.0, (centre - margin) / (1 + z2 / n))
+    # Same operations in the same order as the SQL and Lua versions: bit-identical results.
+    return max(
+        0.0, (p + z2 / (2 * n) - z * math.sqrt((p * (1 - p) + z2 / (4 * n)) / n)) / (1 + z2 / n)
+    )
 
 
 def decayed(trend: float, epoch: float, at: float, half_life: float) -> float:

@@ -40,7 +40,7 @@ class Difference:
 
 # Events up to a checkpoint in read order: (tx_id, position) <= the checkpoint's pair.
 _LEDGER = """
-SELECT position, tx_id::text, recorded_at, payload::text FROM events
+SELECT position, tx_id::text, recorded_at, payload::text FROM ledger
 WHERE (tx_id, position) <= (%s::text::xid8, %s)
 ORDER BY position
 """

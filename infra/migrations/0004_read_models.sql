@@ -16,18 +16,24 @@ CREATE TABLE projection_leases (
     acquired_at timestamptz
 );
 
+-- The same operations in the same order as projections/model.py and projections/apply.lua, so
+-- all three give bit-identical doubles and rank ties identically.
 CREATE FUNCTION wilson_lower_bound(up bigint, down bigint) RETURNS double precision
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    -- Same formula and z (95%) as projections/model.py.
-    SELECT CASE WHEN up + down <= 0 OR up < 0 OR down < 0 THEN 0::double precision
-    ELSE greatest(0::double precision, (
-        up::double precision / (up + down) + 3.841458820694124 / (2 * (up + down))
-        - 1.959963984540054 * sqrt(
-            (up::double precision / (up + down)) * (1 - up::double precision / (up + down))
-            / (up + down)
-            + 3.841458820694124 / (4 * (up + down)::double precision ^ 2))
-      ) / (1 + 3.841458820694124 / (up + down)))
-    END
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    z  double precision := 1.959963984540054;
+    z2 double precision := z * z;
+    n  double precision := up + down;
+    p  double precision;
+    v  double precision;
+BEGIN
+    IF n <= 0 OR up < 0 OR down < 0 THEN
+        RETURN 0;
+    END IF;
+    p := up / n;
+    v := (p + z2 / (2 * n) - z * sqrt((p * (1 - p) + z2 / (4 * n)) / n)) / (1 + z2 / n);
+    RETURN greatest(v, 0);
+END
 $$;
 
 CREATE FUNCTION create_read_models(gen integer) RETURNS text
