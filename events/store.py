@@ -28,14 +28,15 @@ class Batch:
     """One read: the events, and what the reader learned about the ledger while reading.
 
     `snapshot_xmin`: every transaction with a smaller id had finished when the batch was read.
-    `snapshot_xmax`: every transaction that had drawn a position by then has a smaller id.
     `allocated`: the last position drawn just before the read (read before the snapshot was taken).
+    `bound`: a transaction id above that of every transaction that had drawn a position by the
+    time `allocated` was read.
     `complete`: the batch holds every committed event below `snapshot_xmin` after the checkpoint.
     """
 
     events: list[Recorded]
     snapshot_xmin: int
-    snapshot_xmax: int
+    bound: int
     allocated: int
     complete: bool
 
@@ -123,11 +124,8 @@ def append_many_sync(
 # running or yet to start can get an id below it. Reading only those, in (tx_id, position) order,
 # means nothing can ever appear behind the checkpoint. Writers never wait for readers or each other.
 _READ_BATCH = """
-SELECT s.xmin::text, s.xmax::text, e.position, e.tx_id::text, e.recorded_at, e.payload::text
-FROM (
-    SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-           pg_snapshot_xmax(pg_current_snapshot()) AS xmax
-) AS s
+SELECT s.xmin::text, e.position, e.tx_id::text, e.recorded_at, e.payload::text
+FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS s
 LEFT JOIN LATERAL (
     SELECT position, tx_id, recorded_at, payload
     FROM ledger
@@ -138,7 +136,14 @@ LEFT JOIN LATERAL (
 ) AS e ON true
 """
 
-_LAST_ALLOCATED = "SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0)"
+# The last position drawn, then (evaluated left to right) a new transaction id, which is above
+# the id of every transaction that drew a position before: writers get their id before they draw
+# (see 0002_events.sql). pg_snapshot_xmax() is no such bound: it is one past the latest
+# *completed* id, and a transaction still running may hold an id above it. The price is one
+# transaction id per read; the reader commits asynchronously, so it costs no WAL flush.
+_LAST_ALLOCATED = """
+SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0), pg_current_xact_id()::text
+"""
 
 
 async def read_batch(conn: psycopg.AsyncConnection, after: Checkpoint, limit: int) -> Batch:
@@ -148,18 +153,20 @@ async def read_batch(conn: psycopg.AsyncConnection, after: Checkpoint, limit: in
     after the first (see Batch).
     """
     cur = await conn.execute(_LAST_ALLOCATED)
-    allocated = (await cur.fetchone() or (0,))[0]
+    row = await cur.fetchone()
+    assert row is not None
+    allocated, bound = row[0], int(row[1])
     cur = await conn.execute(
         _READ_BATCH, {"tx_id": str(after.tx_id), "position": after.position, "limit": limit}
     )
     rows = await cur.fetchall()
-    xmin, xmax = int(rows[0][0]), int(rows[0][1])
+    xmin = int(rows[0][0])
     events = [
         Recorded(position=position, tx_id=int(tx_id), recorded_at=at, event=decode(payload))
-        for _, _, position, tx_id, at, payload in rows
+        for _, position, tx_id, at, payload in rows
         if position is not None
     ]
-    return Batch(events, xmin, xmax, allocated, complete=len(events) < limit)
+    return Batch(events, xmin, bound, allocated, complete=len(events) < limit)
 
 
 _HELD_BACK = """

@@ -24,7 +24,7 @@ end
 local z = 1.959963984540054
 local function wilson(up, down)
     local n = up + down
-    if n <= 0 or up < 0 or down < 0 then return 0 end
+    if up <= 0 or down < 0 then return 0 end
     local p = up / n
     local z2 = z * z
     local v = (p + z2 / (2 * n) - z * math.sqrt((p * (1 - p) + z2 / (4 * n)) / n)) / (1 + z2 / n)

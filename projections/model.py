@@ -28,8 +28,8 @@ WILSON_Z = 1.959963984540054  # 95% two-sided
 def wilson_lower_bound(up: int, down: int, z: float = WILSON_Z) -> float:
     """Lower bound of the Wilson score interval for the share of up votes (0 with no votes)."""
     n = up + down
-    if n <= 0 or up < 0 or down < 0:
-        return 0.0  # no votes (counts are never negative once a slot's events are all applied)
+    if up <= 0 or down < 0:
+        return 0.0  # no up votes: exactly 0 (rounding would leave ~1e-17, ranking 0/3 above 0/1)
     p = up / n
     z2 = z * z
     # Same operations in the same order as the SQL and Lua versions: bit-identical results.

@@ -99,6 +99,8 @@ class ProjectionRunner:
             await connect(self.conninfo, autocommit=True) as listener,
         ):
             await reader.execute("SET TIME ZONE 'UTC'")
+            # Each read takes a transaction id (see events.store): nothing to make durable.
+            await reader.execute("SET synchronous_commit = off")
             await listener.execute("LISTEN voteledger_events")
             generation = await active_generation(reader)
             async with self._target(generation) as target:

@@ -2,9 +2,9 @@
 
 Read order is transaction order, not position order, so the last applied position promises
 nothing about lower ones. Each batch tells what was drawn before it was read (`allocated`) and
-that all of those belong to transactions with ids below its snapshot's `xmax`; once the reader has
-consumed every event with a transaction id below that `xmax`, every position up to `allocated`
-is applied or was rolled back. Pure; see docs/architecture.md.
+that all of those belong to transactions with ids below its `bound`; once the reader has consumed
+every event with a transaction id below that bound, every position up to `allocated` is applied
+or was rolled back. Pure; see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Watermark:
         else:
             consumed_below = 0
         if not self._pending or self._pending[-1][1] < batch.allocated:
-            self._pending.append((batch.snapshot_xmax, batch.allocated))
+            self._pending.append((batch.bound, batch.allocated))
         while self._pending and self._pending[0][0] <= consumed_below:
             _, allocated = self._pending.popleft()
             self.value = max(self.value, allocated)

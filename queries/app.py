@@ -552,10 +552,15 @@ async def _resume_from(client: aioredis.Redis, key: str, last_event_id: int | No
         info = await client.xinfo_stream(key)
     except aioredis.ResponseError:
         return None if last_event_id > 0 else after  # no stream (yet), or Redis was emptied
-    deleted = info.get("max-deleted-entry-id") or b"0-0"
-    deleted_ms, _, deleted_seq = (
-        deleted.decode() if isinstance(deleted, bytes) else deleted
-    ).partition("-")
-    if (int(deleted_ms), int(deleted_seq or 0)) >= (last_event_id, 0):
-        return None
+    if info["entries-added"] > info["length"]:  # the capped stream has dropped notices
+        first = info.get("first-entry")
+        oldest = _stream_id(first[0]) if first else _stream_id(info["last-generated-id"])
+        # Everything after the client's position must still be there: (W, 0) onwards.
+        if oldest > (last_event_id, 0):
+            return None
     return after
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return int(ms), int(seq or 0)

@@ -32,6 +32,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "VOTELEDGER_OPERATOR_TOKEN": settings.operator_token,
         "VOTELEDGER_RATE_LIMIT_PER_SECOND": str(settings.rate_limit_per_second),
         "VOTELEDGER_RATE_LIMIT_BURST": str(settings.rate_limit_burst),
+        "VOTELEDGER_BATCH_MIN": str(settings.batch_min),
+        "VOTELEDGER_BATCH_MAX": str(settings.batch_max),
+        "VOTELEDGER_POLL_INTERVAL": str(settings.poll_interval),
+        "VOTELEDGER_CHANGES_STREAM_MAX": str(settings.changes_stream_max),
+        "VOTELEDGER_DAILY_RETENTION_DAYS": str(settings.daily_retention_days),
+        "VOTELEDGER_TRENDING_HALF_LIFE_HOURS": str(settings.trending_half_life_seconds / 3600),
     }
 
 

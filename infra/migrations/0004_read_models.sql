@@ -27,7 +27,7 @@ DECLARE
     p  double precision;
     v  double precision;
 BEGIN
-    IF n <= 0 OR up < 0 OR down < 0 THEN
+    IF up <= 0 OR down < 0 THEN
         RETURN 0;
     END IF;
     p := up / n;

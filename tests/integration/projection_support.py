@@ -199,11 +199,7 @@ def worker_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """`voteledger project` in a child process; stopped (by PID) however the test ends."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.cli", "project", "--metrics-port", "0"],
-        env={
-            **settings_env(settings),
-            "VOTELEDGER_BATCH_MAX": str(settings.batch_max),
-            "VOTELEDGER_POLL_INTERVAL": str(settings.poll_interval),
-        },
+        env=settings_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

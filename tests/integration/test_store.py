@@ -54,7 +54,7 @@ async def test_reader_never_passes_an_open_transaction(database_url: str) -> Non
 
             held = await store.read_batch(reader, start, 100)
             assert held.events == []  # fast committed, but slow (lower xid) is still open
-            assert held.snapshot_xmin <= held.snapshot_xmax
+            assert held.snapshot_xmin <= held.bound
 
             await slow.commit()
             batch = await store.read_batch(reader, start, 100)
@@ -94,3 +94,25 @@ async def test_batches_resume_from_their_checkpoint(database_url: str) -> None:
             if batch.complete:
                 break
     assert seen == events
+
+
+async def test_watermark_never_covers_a_running_writer(database_url: str) -> None:
+    """A position drawn by a transaction still open is not released, even when nothing else runs
+    (PostgreSQL's snapshot xmax would release it; the reader's own bound does not)."""
+    from projections.watermark import Watermark
+
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as reader:
+        start = await _head(reader)
+        tracker = Watermark()
+        tracker.observe(await store.read_batch(reader, start, 100))
+        async with await psycopg.AsyncConnection.connect(database_url) as open_writer:
+            position, _ = await store.append(open_writer, _item())
+            for _ in range(3):
+                assert tracker.observe(await store.read_batch(reader, start, 100)) < position
+            await open_writer.commit()
+        batch = await store.read_batch(reader, start, 100)
+        tracker.observe(batch)
+        assert (
+            tracker.observe(await store.read_batch(reader, batch.checkpoint or start, 100))
+            >= position
+        )

@@ -24,7 +24,7 @@ def rec(position: int, tx_id: int) -> Recorded:
 def test_running_transactions_hold_the_watermark_back() -> None:
     """A complete batch whose xmin is below an earlier batch's xmax does not release that batch."""
     wm = Watermark()
-    first = Batch([], snapshot_xmin=10, snapshot_xmax=15, allocated=100, complete=True)
+    first = Batch([], snapshot_xmin=10, bound=15, allocated=100, complete=True)
     assert wm.observe(first) == 0
     assert wm.observe(Batch([rec(101, 11)], 12, 16, 105, complete=True)) == 0
     assert wm.observe(Batch([], 14, 18, 110, complete=True)) == 0
@@ -194,13 +194,12 @@ def test_simulated_ledger_watermark_only_covers_applied_or_aborted_positions(
     simulate(steps, postgres_xmax=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_batch reports pg_snapshot_xmax, which is one past the highest *completed* xid: "
-    "a running writer can hold an xid >= xmax, breaking Batch.snapshot_xmax's contract",
-)
-def test_postgres_xmax_lets_the_watermark_pass_a_running_writer() -> None:
-    """With PostgreSQL's xmax a lone running writer's position is released before it is applied."""
+def test_postgres_snapshot_xmax_would_not_be_a_safe_bound() -> None:
+    """Why read_batch draws a transaction id for its bound: PostgreSQL's snapshot xmax is one past
+    the latest completed id, so with it a lone running writer's position would be released."""
     # tx 100 draws position 1 and commits; tx 101 draws position 2 and is still running when the
     # reader reads: allocated = 2, snapshot xmin = xmax = 101 (latest completed xid 100, plus 1).
-    simulate([("draw", 0, 1), ("commit", 0, 1), ("draw", 0, 1), ("read", 0, 5)], postgres_xmax=True)
+    with pytest.raises(AssertionError, match="running and not applied"):
+        simulate(
+            [("draw", 0, 1), ("commit", 0, 1), ("draw", 0, 1), ("read", 0, 5)], postgres_xmax=True
+        )
