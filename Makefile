@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 COMMAND_PORT ?= 8000
+QUERY_PORT ?= 8001
 PYTEST_ARGS ?=
 
 .PHONY: run test lint format migrate clean
@@ -24,8 +25,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	@$(BIN)/python -m infra.devstack serve \
 	  --setup "$(BIN)/voteledger migrate" \
-	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nCtrl-C stops everything.\n" \
-	  -- "$(BIN)/uvicorn --factory commands.app:create_app --host $(HOST) --port $(COMMAND_PORT) --no-access-log"
+	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  query API    http://$(HOST):$(QUERY_PORT)  (docs: /docs)\n  projector metrics  http://127.0.0.1:9100/metrics (standby: 9101)\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nCtrl-C stops everything.\n" \
+	  -- "$(BIN)/uvicorn --factory commands.app:create_app --host $(HOST) --port $(COMMAND_PORT) --no-access-log" \
+	     "$(BIN)/uvicorn --factory queries.app:create_app --host $(HOST) --port $(QUERY_PORT) --no-access-log" \
+	     "$(BIN)/voteledger project --metrics-port 9100" \
+	     "$(BIN)/voteledger project --metrics-port 9101"
 
 ## test: the whole suite against real PostgreSQL and Redis
 test: $(STAMP)
