@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import psycopg
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from events import store
 from events.store import Batch
 from infra import metrics as m
+from infra.redis_keys import generation_key
 from infra.settings import Settings
 from projections.lease import Lease, LeaseLost
 from projections.model import Changes, choose_epoch, fold
@@ -73,38 +75,46 @@ class ProjectionRunner:
                 m.PROJECTION_LEASE_HELD.labels(self.name).set(0)
                 await lease.release()
 
-    @contextlib.asynccontextmanager
-    async def _target(self, generation: int):  # type: ignore[no-untyped-def]
-        if self.name == "postgres":
-            # Autocommit: each apply is its own explicit transaction, and nothing stays open
-            # between batches.
-            async with await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True
-            ) as conn:
-                yield PostgresTarget(conn, generation)
-        else:
-            client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
-            try:
-                yield RedisTarget(
-                    client, self.settings.redis_prefix, generation,
-                    self.settings.daily_retention_days, self.settings.changes_stream_max,
-                )  # fmt: skip
-            finally:
-                await client.aclose()
-
     async def _project(self, lease: Lease) -> None:
         connect = psycopg.AsyncConnection.connect
-        async with (
-            await connect(self.conninfo, autocommit=True) as reader,
-            await connect(self.conninfo, autocommit=True) as listener,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            reader = await stack.enter_async_context(
+                await connect(self.conninfo, autocommit=True)
+            )
+            listener = await stack.enter_async_context(
+                await connect(self.conninfo, autocommit=True)
+            )
             await reader.execute("SET TIME ZONE 'UTC'")
             # Each read takes a transaction id (see events.store): nothing to make durable.
             await reader.execute("SET synchronous_commit = off")
             await listener.execute("LISTEN voteledger_events")
-            generation = await active_generation(reader)
-            async with self._target(generation) as target:
-                await self._loop(lease, reader, listener, target, generation)
+            target: Target
+            if self.name == "postgres":
+                # Autocommit: each apply is its own explicit transaction, and nothing stays
+                # open between batches.
+                conn = await stack.enter_async_context(
+                    await connect(self.conninfo, autocommit=True)
+                )
+                generation = await active_generation(reader)
+                target = PostgresTarget(conn, generation)
+
+                async def current() -> int:
+                    return await active_generation(reader)
+            else:
+                client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+                stack.push_async_callback(client.aclose)
+
+                async def current() -> int:
+                    # Each store has its own pointer, so each can be rebuilt on its own.
+                    raw = await client.get(generation_key(self.settings.redis_prefix))
+                    return int(raw) if raw else await active_generation(reader)
+
+                generation = await current()
+                target = RedisTarget(
+                    client, self.settings.redis_prefix, generation,
+                    self.settings.daily_retention_days, self.settings.changes_stream_max,
+                )  # fmt: skip
+            await self._loop(lease, reader, listener, target, generation, current)
 
     async def _loop(
         self,
@@ -113,6 +123,7 @@ class ProjectionRunner:
         listener: psycopg.AsyncConnection,
         target: Target,
         generation: int,
+        current_generation: Callable[[], Awaitable[int]],
     ) -> None:
         state = await target.load()
         log.info(
@@ -154,7 +165,7 @@ class ProjectionRunner:
             )
             await lease.check()
             if time.monotonic() >= next_generation_check:
-                if await active_generation(reader) != generation:
+                if await current_generation() != generation:
                     log.info("%s: active generation changed; switching", self.name)
                     return
                 next_generation_check = time.monotonic() + _GENERATION_CHECK

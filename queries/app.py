@@ -85,7 +85,7 @@ class ReadSide:
         half_life = settings.trending_half_life_seconds
         self.redis = RedisReader(self.client, settings.redis_prefix, half_life)
         self.postgres = PostgresReader(self.pool, half_life)
-        self.generation = 1
+        self.redis_generation = 1
         self.redis_position = 0
         self.redis_live = False
         self._redis_down_until = 0.0
@@ -96,7 +96,7 @@ class ReadSide:
     async def start(self) -> None:
         await self.pool.open()
         with contextlib.suppress(Exception):
-            self.generation = await self.postgres.generation()
+            self.redis_generation = await self.postgres.generation()
         self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
@@ -119,9 +119,9 @@ class ReadSide:
     async def _refresh(self) -> None:
         raw = await self.client.get(generation_key(self.settings.redis_prefix))
         generation = int(raw) if raw else await self.postgres.generation()
-        if generation != self.generation:
-            log.info("read-model generation %d -> %d", self.generation, generation)
-            self.generation, self.redis_position = generation, 0
+        if generation != self.redis_generation:
+            log.info("read-model generation %d -> %d", self.redis_generation, generation)
+            self.redis_generation, self.redis_position = generation, 0
             self._cache.clear()
         position, self.redis_live = await self.redis.position(generation)
         self._moved(position)
@@ -132,11 +132,13 @@ class ReadSide:
             try:
                 await self._refresh()
                 async with self.blocking.pubsub() as pubsub:
-                    channel = f"{namespace(self.settings.redis_prefix, self.generation)}:changes"
+                    channel = (
+                        f"{namespace(self.settings.redis_prefix, self.redis_generation)}:changes"
+                    )
                     await pubsub.subscribe(channel)
-                    generation = self.generation
+                    generation = self.redis_generation
                     next_refresh = time.monotonic() + _REFRESH_EVERY
-                    while generation == self.generation:
+                    while generation == self.redis_generation:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=_REFRESH_EVERY
                         )
@@ -172,7 +174,7 @@ class ReadSide:
         entry = self._cache.get(key)
         if (
             entry is not None
-            and entry.generation == self.generation
+            and entry.generation == self.redis_generation
             and entry.position >= self.redis_position
             and time.monotonic() - entry.at < _CACHE_MAX_AGE
             and self.redis_usable()
@@ -181,7 +183,7 @@ class ReadSide:
         return None
 
     def remember(self, key: tuple[Any, ...], body: bytes, position: int) -> Cached:
-        entry = Cached(body, _etag(body), position, self.generation, time.monotonic())
+        entry = Cached(body, _etag(body), position, self.redis_generation, time.monotonic())
         self._cache[key] = entry
         self._cache.move_to_end(key)
         while len(self._cache) > _CACHE_ENTRIES:
@@ -192,26 +194,28 @@ class ReadSide:
         now = time.time()
         if self.redis_usable() and not self._too_old_for_redis(query.day):
             try:
-                return "redis", await self.redis.page(self.generation, query, now)
+                return "redis", await self.redis.page(self.redis_generation, query, now)
             except BadCursor:
                 raise
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
                 self._redis_down(exc)
-        return "postgres", await self.postgres.page(self.generation, query, now)
+        return "postgres", await self.postgres.page(query, now)
 
     async def detail(self, item_id: str, today: date) -> tuple[str, Detail | None, int]:
         now = time.time()
         if self.redis_usable():
             try:
-                found, position = await self.redis.detail(self.generation, item_id, today, now)
+                found, position = await self.redis.detail(
+                    self.redis_generation, item_id, today, now
+                )
                 return "redis", found, position
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise
                 self._redis_down(exc)
-        found, position = await self.postgres.detail(self.generation, item_id, today, now)
+        found, position = await self.postgres.detail(item_id, today, now)
         return "postgres", found, position
 
     def _too_old_for_redis(self, day: date | None) -> bool:
@@ -322,7 +326,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 entry = (
                     side.remember(key, body, position)
                     if source == "redis"
-                    else Cached(body, _etag(body), position, side.generation, time.monotonic())
+                    else Cached(
+                        body, _etag(body), position, side.redis_generation, time.monotonic()
+                    )
                 )
             if min_position is None or entry.position >= min_position:
                 break
@@ -473,7 +479,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {
             "status": "ready",
             "read_model": "redis" if side.redis_usable() else "postgres",
-            "generation": side.generation,
+            "redis_generation": side.redis_generation,
         }
 
     @app.get("/metrics", include_in_schema=False)
@@ -500,7 +506,7 @@ async def change_events(
     unannounced.
     """
     client = side.blocking
-    generation = side.generation
+    generation = side.redis_generation
     key = f"{namespace(side.settings.redis_prefix, generation)}:changes"
     try:
         start = await _resume_from(client, key, last_event_id)
@@ -514,9 +520,9 @@ async def change_events(
         start = "$"
     half_life = side.settings.trending_half_life_seconds
     while True:
-        if side.generation != generation:
+        if side.redis_generation != generation:
             yield "reset", side.redis_position, {"reason": "the rankings were rebuilt; reload"}
-            generation = side.generation
+            generation = side.redis_generation
             key = f"{namespace(side.settings.redis_prefix, generation)}:changes"
             start = "$"
         try:

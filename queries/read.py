@@ -241,6 +241,9 @@ _PG_GENERATION = "SELECT generation FROM read_model_generation"
 
 
 class PostgresReader:
+    """Each read runs in one REPEATABLE READ snapshot that also reads the generation pointer, so
+    rows, watermark and generation always belong together."""
+
     def __init__(self, pool: AsyncConnectionPool, half_life: float) -> None:
         self.pool = pool
         self.half_life = half_life
@@ -253,33 +256,28 @@ class PostgresReader:
 
     async def generation(self) -> int:
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(_PG_GENERATION)).fetchone()
-        assert row is not None
-        return int(row[0])
+            return await _generation(conn)
 
-    async def position(self, generation: int) -> int:
-        async with self.pool.connection() as conn:
-            row = await (await conn.execute(self._q(_PG_POSITION, generation))).fetchone()
-        return int(row[0]) if row else 0
-
-    async def page(self, generation: int, query: ListQuery, now: float) -> Page:
-        cursor = Cursor.decode(query.cursor, generation, query.list_key) if query.cursor else None
-        params = {
-            "item_type": query.item_type,
-            "min_votes": query.min_votes,
-            "after": cursor is not None,
-            "score": cursor.score if cursor else None,
-            "item_id": cursor.item_id if cursor else None,
-            "limit": query.limit + 1,
-            "day": query.day,
-        }
-        if query.name == "daily":
-            statement = self._q(_PG_DAILY, generation)
-        else:
-            statement = self._q(_PG_LIST, generation, _SCORE_COLUMN[query.name])
-        # One snapshot for the rows and the watermark they reflect.
+    async def page(self, query: ListQuery, now: float) -> Page:
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            await conn.execute(_SNAPSHOT)
+            generation = await _generation(conn)
+            cursor = (
+                Cursor.decode(query.cursor, generation, query.list_key) if query.cursor else None
+            )
+            params = {
+                "item_type": query.item_type,
+                "min_votes": query.min_votes,
+                "after": cursor is not None,
+                "score": cursor.score if cursor else None,
+                "item_id": cursor.item_id if cursor else None,
+                "limit": query.limit + 1,
+                "day": query.day,
+            }
+            if query.name == "daily":
+                statement = self._q(_PG_DAILY, generation)
+            else:
+                statement = self._q(_PG_LIST, generation, _SCORE_COLUMN[query.name])
             rows = await (await conn.execute(statement, params)).fetchall()
             head = await (await conn.execute(self._q(_PG_POSITION, generation))).fetchone()
         assert head is not None
@@ -298,11 +296,10 @@ class PostgresReader:
             next_cursor = Cursor(generation, query.list_key, float(last[5]), last[0], rank).encode()
         return Page(entries, next_cursor, int(watermark))
 
-    async def detail(
-        self, generation: int, item_id: str, today: date, now: float
-    ) -> tuple[Detail | None, int]:
+    async def detail(self, item_id: str, today: date, now: float) -> tuple[Detail | None, int]:
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            await conn.execute(_SNAPSHOT)
+            generation = await _generation(conn)
             cur = await conn.execute(
                 self._q(_PG_DETAIL, generation), {"item_id": item_id, "day": today}
             )
@@ -319,6 +316,15 @@ class PostgresReader:
             r_top, r_trend, r_daily if daily is not None else None, daily,
         )  # fmt: skip
         return detail, int(watermark)
+
+
+_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+
+async def _generation(conn: psycopg.AsyncConnection) -> int:
+    row = await (await conn.execute(_PG_GENERATION)).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def is_unavailable(exc: BaseException) -> bool:
