@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
 
 import psycopg
 import typer
 from psycopg_pool import AsyncConnectionPool
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from infra import catalogue, partitions
 from infra.db import pool_for
-from infra.migrate import MigrationError, ensure_partitions, migrate
+from infra.migrate import MigrationError, migrate
 from infra.settings import Settings, SettingsError, get_settings
 
 app = typer.Typer(help="Operate the vote ledger.", no_args_is_help=True)
@@ -114,36 +118,60 @@ def partitions_ensure(
 ) -> None:
     """Create monthly partitions up to N months ahead (idempotent)."""
     with psycopg.connect(_settings().database_url, autocommit=True) as conn:
-        created = ensure_partitions(conn, since, months_ahead)
+        created = partitions.ensure(conn, since, months_ahead)
     for name in created:
         console.print(f"created {name}")
     console.print(f"{len(created)} partition(s) created")
 
 
-_LIST_PARTITIONS = """
-SELECT c.relname,
-       pg_get_expr(c.relpartbound, c.oid),
-       (SELECT count(*) FROM events WHERE tableoid = c.oid),
-       pg_total_relation_size(c.oid)
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'events'::regclass
-ORDER BY c.relname
-"""
+def _partitions_failed(action: str, exc: psycopg.Error) -> NoReturn:
+    err.print(f"[red]{action} failed:[/] {escape(str(exc).strip())}")
+    raise typer.Exit(1)
 
 
 @partitions_app.command("list")
 def partitions_list(as_json: JsonOpt = False) -> None:
-    """List event partitions with their ranges, row counts and sizes."""
-    with psycopg.connect(_settings().database_url) as conn:
-        rows = conn.execute(_LIST_PARTITIONS).fetchall()
+    """List live and archived event partitions with their ranges, row counts and sizes."""
+    try:
+        with psycopg.connect(_settings().database_url, autocommit=True) as conn:
+            rows = partitions.list_partitions(conn)
+    except psycopg.Error as exc:
+        _partitions_failed("listing partitions", exc)
     if as_json:
-        keys = ("name", "range", "rows", "bytes")
-        print(json.dumps([dict(zip(keys, row, strict=True)) for row in rows]))
+        print(json.dumps([dataclasses.asdict(row) for row in rows]))
         return
-    table = Table("partition", "range", "rows", "size")
-    for name, bound, count, size in rows:
-        table.add_row(name, bound, f"{count:,}", f"{size / 1024:,.0f} KiB")
+    table = Table("partition", "where", "range", "rows", "size")
+    for row in rows:
+        size = f"{row.bytes / 1024:,.0f} KiB"
+        table.add_row(row.name, row.where, row.range, f"{row.rows:,}", size)
     console.print(table)
+
+
+@partitions_app.command("archive")
+def partitions_archive(
+    older_than_months: Annotated[
+        int, typer.Option(min=1, help="Archive the months before the one N months back")
+    ] = 12,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move old month partitions into the archive, where replay and verify still read them."""
+    try:
+        with psycopg.connect(_settings().database_url, autocommit=True) as conn:
+            done = partitions.archive(conn, older_than_months)
+    except psycopg.errors.LockNotAvailable:
+        err.print(
+            "[red]archiving failed:[/] another session held the events table too long; "
+            "nothing was archived, try again"
+        )
+        raise typer.Exit(1)
+    except psycopg.Error as exc:
+        _partitions_failed("archiving", exc)
+    if as_json:
+        print(json.dumps({"before": done.before.isoformat(), "archived": done.names}))
+        return
+    for name in done.names:
+        console.print(f"archived {name}")
+    console.print(f"{len(done.names)} partition(s) archived (months before {done.before:%Y-%m})")
 
 
 @agents_app.command("create")
@@ -215,6 +243,90 @@ def items_add(item_id: str, item_type: str, title: str) -> None:
         err.print(f"[red]item {item_id!r} already exists[/]")
         raise typer.Exit(1)
     console.print(f"listed {item_id} at position {position}")
+
+
+# `items import` shows this many rejected rows; --json lists them all.
+_SHOWN_REJECTIONS = 50
+
+
+@items_app.command("import")
+def items_import(
+    file: Annotated[Path, typer.Argument(help="CSV (item_id,item_type,title) or JSON lines")],
+    fmt: Annotated[
+        catalogue.Format | None,
+        typer.Option("--format", help="Default: by extension (.csv, .jsonl, .ndjson)"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List many items from a file. Bad rows are reported by line; the good ones still go in.
+
+    Exit codes: 0 all imported, 1 some rows rejected, 2 unreadable file, 3 PostgreSQL failed.
+    """
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from commands.handlers import AlreadyExists, list_item
+
+    try:
+        chosen = catalogue.format_for(file, fmt)
+        parsed = catalogue.parse(file.read_text(encoding="utf-8-sig"), chosen)
+    except (OSError, UnicodeDecodeError, catalogue.CatalogueError) as exc:
+        err.print(f"[red]cannot read {escape(str(file))}:[/] {escape(str(exc))}")
+        raise typer.Exit(2)
+    rejected = list(parsed.rejected)
+    imported = 0
+    columns = (
+        TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} rows/s"), TimeRemainingColumn(),
+    )  # fmt: skip
+
+    # One transaction per row through the command handler, exactly as POST /api/v1/items does:
+    # each good row becomes an items row and an ItemListed event, and a clash with an existing
+    # item (even one listed concurrently) is that row's rejection, not the file's.
+    async def run(pool: AsyncConnectionPool) -> None:
+        nonlocal imported
+        started = time.perf_counter()
+        with Progress(*columns, console=err) as bar:
+            task = bar.add_task("import", total=len(parsed.rows), rate="-")
+            for done, row in enumerate(parsed.rows, start=1):
+                item = row.item
+                try:
+                    await list_item(pool, item.item_id, item.item_type, item.title)
+                    imported += 1
+                except AlreadyExists:
+                    reason = f"duplicate item_id {item.item_id!r}: already in the catalogue"
+                    rejected.append(catalogue.Rejected(row.line, reason))
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                bar.update(task, advance=1, rate=f"{rate:,.0f}")
+
+    try:
+        _with_command_pool(run)
+    except psycopg.Error as exc:
+        err.print(f"[red]import stopped:[/] {escape(str(exc))}\n{imported} row(s) imported before")
+        raise typer.Exit(3)
+    rejected.sort(key=lambda r: r.line)
+    if as_json:
+        lines = [{"line": r.line, "reason": r.reason} for r in rejected]
+        print(json.dumps({"imported": imported, "rejected": len(rejected), "rejections": lines}))
+    else:
+        console.print(f"imported {imported}, rejected {len(rejected)}")
+        if rejected:
+            table = Table("line", "reason")
+            for r in rejected[:_SHOWN_REJECTIONS]:
+                table.add_row(str(r.line), escape(r.reason))
+            console.print(table)
+        if len(rejected) > _SHOWN_REJECTIONS:
+            more = len(rejected) - _SHOWN_REJECTIONS
+            console.print(f"... and {more} more rejected rows (--json lists them all)")
+    if rejected:
+        raise typer.Exit(1)
 
 
 @app.command("seed")
