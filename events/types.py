@@ -1,7 +1,9 @@
 """The ledger's event types.
 
 Frozen, tagged msgspec Structs: the tag names the type in the stored payload, and a new field is
-only ever added with a default so that every event ever recorded still decodes.
+only ever added with a default so that every event ever recorded still decodes. `gc=False`: they
+hold no reference cycles, and replays create millions of them, which would otherwise keep the
+cyclic garbage collector busy scanning them.
 """
 
 from __future__ import annotations
@@ -23,20 +25,22 @@ ITEM_ID_MAX_LENGTH = 128
 DIRECTION_VALUE: dict[str, int] = {"up": 1, "down": -1, "none": 0}
 
 
-class AgentRegistered(msgspec.Struct, frozen=True, tag="AgentRegistered", tag_field="type"):
+class AgentRegistered(
+    msgspec.Struct, frozen=True, gc=False, tag="AgentRegistered", tag_field="type"
+):
     """An agent may now vote. Its credentials stay out of the ledger."""
 
     agent_id: uuid.UUID
     name: str = ""
 
 
-class AgentRevoked(msgspec.Struct, frozen=True, tag="AgentRevoked", tag_field="type"):
+class AgentRevoked(msgspec.Struct, frozen=True, gc=False, tag="AgentRevoked", tag_field="type"):
     """An agent's key no longer works; its past votes stand."""
 
     agent_id: uuid.UUID
 
 
-class ItemListed(msgspec.Struct, frozen=True, tag="ItemListed", tag_field="type"):
+class ItemListed(msgspec.Struct, frozen=True, gc=False, tag="ItemListed", tag_field="type"):
     """A song or tool entered the catalogue."""
 
     item_id: str
@@ -44,7 +48,7 @@ class ItemListed(msgspec.Struct, frozen=True, tag="ItemListed", tag_field="type"
     title: str
 
 
-class VoteCast(msgspec.Struct, frozen=True, tag="VoteCast", tag_field="type"):
+class VoteCast(msgspec.Struct, frozen=True, gc=False, tag="VoteCast", tag_field="type"):
     """An agent's vote on an item changed.
 
     It carries the previous direction and when that was cast, so every fold can apply it alone:
@@ -66,7 +70,7 @@ class VoteCast(msgspec.Struct, frozen=True, tag="VoteCast", tag_field="type"):
 Event = AgentRegistered | AgentRevoked | ItemListed | VoteCast
 
 
-class Recorded(msgspec.Struct, frozen=True):
+class Recorded(msgspec.Struct, frozen=True, gc=False):
     """An event as the ledger holds it: where it stands and when it was recorded."""
 
     position: int

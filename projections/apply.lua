@@ -5,11 +5,18 @@
 -- The batch is refused unless the stored checkpoint is exactly where the batch starts and no
 -- higher fencing token has written: a replayed batch, a batch from a worker that lost its lease,
 -- or one that overlaps what another worker applied changes nothing.
+--
+-- Redis does not roll back a script that fails halfway, so every check comes before the first
+-- write, and no command after it can fail on the inputs it gets (stream ids only ever grow).
 local ns = KEYS[1]
 local a = cjson.decode(ARGV[1])
 local meta = ns .. ':meta'
 
-local cur = redis.call('HMGET', meta, 'tx_id', 'position', 'fence', 'epoch')
+local cur = redis.call('HMGET', meta, 'tx_id', 'position', 'fence', 'epoch', 'retired')
+-- A rebuild switched readers to a newer generation: this one must not move past what they saw.
+if cur[5] then
+    return {0, 'generation retired'}
+end
 if (cur[1] or '0') ~= a.from_tx or (cur[2] or '0') ~= a.from_pos then
     return {0, 'checkpoint is at ' .. (cur[1] or '0') .. '/' .. (cur[2] or '0')}
 end
@@ -80,10 +87,22 @@ end
 redis.call('HINCRBY', meta, 'events_applied', a.events)
 
 -- Change notices for the query side's live stream: the capped stream lets a reconnecting client
--- resume (or learn that it missed too much); pub/sub wakes waiting readers at once.
-if #changed > 0 then
-    redis.call('XADD', ns .. ':changes', 'MAXLEN', '~', a.stream_max, a.watermark .. '-*',
-               'position', a.watermark, 'epoch', a.epoch, 'items', cjson.encode(changed))
+-- resume (or learn that it missed too much); pub/sub wakes waiting readers at once. A notice is
+-- identified by the watermark it reflects, so notices wait (latest values per item) until the
+-- watermark moves: every notice then has its own, increasing position.
+local pending = ns .. ':pending'
+for _, row in ipairs(changed) do
+    redis.call('HSET', pending, row[1], cjson.encode(row))
+end
+local streamed = tonumber(redis.call('HGET', meta, 'streamed') or '-1')
+local position = tonumber(a.watermark)
+if position > 0 and position > streamed and redis.call('EXISTS', pending) == 1 then
+    local rows = redis.call('HVALS', pending)
+    redis.call('XADD', ns .. ':changes', 'MAXLEN', '~', a.stream_max, a.watermark .. '-0',
+               'position', a.watermark, 'epoch', a.epoch,
+               'items', '[' .. table.concat(rows, ',') .. ']')
+    redis.call('DEL', pending)
+    redis.call('HSET', meta, 'streamed', a.watermark)
 end
 redis.call('PUBLISH', ns .. ':changes', a.watermark)
 return {1, a.watermark}

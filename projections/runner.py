@@ -78,9 +78,7 @@ class ProjectionRunner:
     async def _project(self, lease: Lease) -> None:
         connect = psycopg.AsyncConnection.connect
         async with contextlib.AsyncExitStack() as stack:
-            reader = await stack.enter_async_context(
-                await connect(self.conninfo, autocommit=True)
-            )
+            reader = await stack.enter_async_context(await connect(self.conninfo, autocommit=True))
             listener = await stack.enter_async_context(
                 await connect(self.conninfo, autocommit=True)
             )

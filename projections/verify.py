@@ -9,8 +9,10 @@ depends on the epoch each store chose.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
 
 import psycopg
 import redis.asyncio as aioredis
@@ -19,7 +21,16 @@ from psycopg import sql
 from events.codec import decode
 from events.store import Checkpoint
 from events.types import Recorded
-from projections.model import Changes, DayTotals, ItemTotals, decayed, fold_all, wilson_lower_bound
+from infra.redis_keys import namespace
+from projections.model import (
+    Changes,
+    DayTotals,
+    ItemTotals,
+    decayed,
+    fold,
+    merge,
+    wilson_lower_bound,
+)
 
 _REL = 1e-9
 
@@ -38,24 +49,42 @@ class Difference:
         )
 
 
-# Events up to a checkpoint in read order: (tx_id, position) <= the checkpoint's pair.
+# Events up to a checkpoint in read order: (tx_id, position) <= the checkpoint's pair. COPY is the
+# fastest way out of PostgreSQL; it takes no parameters, hence the literals.
 _LEDGER = """
-SELECT position, tx_id::text, recorded_at, payload::text FROM ledger
+COPY (
+    SELECT position, tx_id::text, recorded_at, payload::text FROM ledger
+    WHERE (tx_id, position) <= ({tx_id}::text::xid8, {position})
+    ORDER BY position
+) TO STDOUT
+"""
+_NEWEST = """
+SELECT extract(epoch FROM max(recorded_at)) FROM ledger
 WHERE (tx_id, position) <= (%s::text::xid8, %s)
-ORDER BY position
 """
 
 
 async def ledger_fold(conn: psycopg.AsyncConnection, upto: Checkpoint, half_life: float) -> Changes:
-    """The read model an independent, single fold of the ledger up to `upto` gives."""
+    """The read model an independent, single fold of the ledger up to `upto` gives.
+
+    Streams the ledger and folds it in chunks against one epoch, the newest event's hour, so no
+    rebase happens in between (nor any of the runner's batching)."""
     await conn.execute("SET TIME ZONE 'UTC'")
-    records = []
-    async with conn.cursor(name="verify_ledger") as cur:
-        cur.itersize = 20_000
-        await cur.execute(_LEDGER, (str(upto.tx_id), upto.position))
-        async for position, tx_id, at, payload in cur:
-            records.append(Recorded(position, int(tx_id), at, decode(payload)))
-    return fold_all(iter(records), half_life, batch=len(records) or 1)
+    row = await (await conn.execute(_NEWEST, (str(upto.tx_id), upto.position))).fetchone()
+    if row is None or row[0] is None:
+        return Changes()
+    epoch = math.floor(float(row[0]) / 3600) * 3600.0
+    model = Changes(epoch=epoch)
+    chunk: list[Recorded] = []
+    statement = sql.SQL(_LEDGER).format(tx_id=str(upto.tx_id), position=upto.position)
+    async with conn.cursor().copy(statement) as copy:
+        copy.set_types(["int8", "text", "timestamptz", "text"])
+        async for position, tx_id, at, payload in copy.rows():
+            chunk.append(Recorded(position, int(tx_id), at, decode(payload)))
+            if len(chunk) >= 20_000:
+                merge(model, fold(chunk, epoch, half_life), half_life)
+                chunk = []
+    return merge(model, fold(chunk, epoch, half_life), half_life)
 
 
 async def postgres_model(
@@ -98,39 +127,37 @@ async def postgres_model(
     return model, broken
 
 
-async def redis_model(client: aioredis.Redis, ns: str) -> tuple[Changes, list[Difference]]:
-    """The Redis read models as a model (daily holds the net only, as `up`), and any item whose
-    sorted-set scores disagree with its hash."""
-    meta = await client.hgetall(f"{ns}:meta")
-    model = Changes(epoch=float(meta[b"epoch"]) if meta.get(b"epoch") else None)
+async def redis_model(
+    client: aioredis.Redis, ns: str, retention_days: int, today: date
+) -> tuple[Changes, list[Difference], dict[str, str]]:
+    """The Redis read models of one namespace as a model (daily holds the net only, as `up`),
+    any item whose sorted-set scores disagree with its hash, and the meta hash; read in one
+    atomic script so the projector cannot move in between."""
+    dates = [(today - timedelta(days=n)).isoformat() for n in range(-1, retention_days + 1)]
+    script = client.register_script(resources.files("projections").joinpath("dump.lua").read_text())
+    raw_meta, items, days = await script(keys=[ns], args=dates)
+    meta = {_text(raw_meta[i]): _text(raw_meta[i + 1]) for i in range(0, len(raw_meta), 2)}
+    model = Changes(epoch=float(meta["epoch"]) if meta.get("epoch") else None)
     broken = []
-    async for key in client.scan_iter(match=f"{ns}:item:*", count=1000):
-        item_id = _text(key)[len(ns) + len(":item:") :]
-        h = await client.hgetall(key)
-        item_type = _text(h[b"item_type"])
-        up, down = int(h.get(b"up", 0)), int(h.get(b"down", 0))
-        trend = await client.zscore(f"{ns}:trend:{item_type}", item_id)
-        top = await client.zscore(f"{ns}:top:{item_type}", item_id)
-        conf = await client.zscore(f"{ns}:conf:{item_type}", item_id)
-        item = ItemTotals(item_type, _text(h[b"title"]) if b"title" in h else None)
-        item.up, item.down, item.trend = up, down, trend if trend is not None else math.nan
-        key_label = f"item {item_id}"
-        if top != up - down:
-            broken.append(Difference("redis", key_label, "top score", up - down, top))
-        if int(h.get(b"net", 0)) != up - down:
-            broken.append(Difference("redis", key_label, "net", up - down, h.get(b"net")))
-        want = wilson_lower_bound(up, down)
-        if conf is None or not math.isclose(conf, want, rel_tol=_REL, abs_tol=1e-12):
-            broken.append(Difference("redis", key_label, "confidence score", want, conf))
-        model.items[item_id] = item
-    async for key in client.scan_iter(match=f"{ns}:daily:*", count=1000):
-        _, item_type, day = _text(key)[len(ns) + 1 :].split(":")
-        members: list[tuple[bytes, float]] = await client.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
-        for member, score in members:
-            model.days[(date.fromisoformat(day), _text(member))] = DayTotals(
-                item_type, int(score), 0
+    for item_id, item_type, title, up, down, net, top, conf, trend in items:
+        key = f"item {_text(item_id)}"
+        totals = ItemTotals(_text(item_type) if item_type else "?", _text(title) if title else None)
+        totals.up, totals.down = int(up), int(down)
+        totals.trend = float(trend) if trend is not None else math.nan
+        model.items[_text(item_id)] = totals
+        if int(net) != totals.net:
+            broken.append(Difference("redis", key, "net", totals.net, int(net)))
+        if float(top) != totals.net:
+            broken.append(Difference("redis", key, "top score", totals.net, float(top)))
+        want = wilson_lower_bound(totals.up, totals.down)
+        if conf is None or float(conf) != want:
+            broken.append(Difference("redis", key, "confidence score", want, conf))
+    for day, item_type, scores in days:
+        for n in range(0, len(scores), 2):
+            model.days[(date.fromisoformat(_text(day)), _text(scores[n]))] = DayTotals(
+                _text(item_type), int(float(scores[n + 1])), 0
             )
-    return model, broken
+    return model, broken, meta
 
 
 def _text(value: object) -> str:
@@ -200,3 +227,63 @@ def to_json(differences: list[Difference]) -> list[dict[str, str]]:
          "actual": str(d.actual)}
         for d in differences
     ]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    store: str
+    generation: int
+    checkpoint: Checkpoint
+    items: int
+    differences: list[Difference]
+
+
+_PG_CHECKPOINT = "SELECT tx_id::text, position FROM {} WHERE projection = 'postgres'"
+
+
+async def check_postgres(url: str, generation: int, half_life: float, limit: int = 20) -> Outcome:
+    """Compare one generation of the PostgreSQL read models with the ledger folded up to the
+    checkpoint they were read at (one REPEATABLE READ snapshot for rows and checkpoint)."""
+    connect = psycopg.AsyncConnection.connect
+    async with await connect(url) as snap, await connect(url, autocommit=True) as ledger:
+        await snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = await (
+            await snap.execute(
+                sql.SQL(_PG_CHECKPOINT).format(sql.Identifier(f"rm_g{generation}", "checkpoint"))
+            )
+        ).fetchone()
+        assert row is not None
+        checkpoint = Checkpoint(int(row[0]), row[1])
+        actual, broken = await postgres_model(snap, generation)
+        await snap.rollback()
+        expected = await ledger_fold(ledger, checkpoint, half_life)
+    differences = broken + compare(
+        "postgres", expected, actual, half_life, at=time.time(), limit=limit
+    )
+    return Outcome("postgres", generation, checkpoint, len(actual.items), differences[:limit])
+
+
+async def check_redis(
+    client: aioredis.Redis,
+    url: str,
+    prefix: str,
+    generation: int,
+    half_life: float,
+    retention_days: int,
+    limit: int = 20,
+) -> Outcome:
+    """Compare one generation of the Redis read models with the ledger folded up to the
+    checkpoint they were read at (one atomic dump)."""
+    today = datetime.now(UTC).date()
+    actual, broken, meta = await redis_model(
+        client, namespace(prefix, generation), retention_days, today
+    )
+    checkpoint = Checkpoint(int(meta.get("tx_id", 0)), int(meta.get("position", 0)))
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as ledger:
+        expected = await ledger_fold(ledger, checkpoint, half_life)
+    differences = broken + compare(
+        "redis", expected, actual, half_life, at=time.time(),
+        days_from=today - timedelta(days=retention_days), daily_net_only=True,
+        item_times=False, limit=limit,
+    )  # fmt: skip
+    return Outcome("redis", generation, checkpoint, len(actual.items), differences[:limit])

@@ -501,9 +501,9 @@ async def change_events(
     """("scores" | "reset", position, data) from the projector's capped change stream.
 
     A client that resumes from a position the stream no longer covers (trimmed, another
-    generation, Redis emptied) gets a "reset": reload, then carry on from its id. Notices carry
-    absolute values, so a notice seen twice after a resume does no harm; one missed never goes
-    unannounced.
+    generation, Redis emptied) gets a "reset": reload, then carry on from its id. Each notice has
+    its own position (the projector coalesces changes until the watermark moves) and carries
+    absolute values; one missed never goes unannounced.
     """
     client = side.blocking
     generation = side.redis_generation
@@ -552,8 +552,7 @@ async def _resume_from(client: aioredis.Redis, key: str, last_event_id: int | No
     """The stream id to read after, or None when the client has missed trimmed notices."""
     if last_event_id is None:
         return "$"
-    # Entries at the client's own position are sent again: it may not have seen all of them.
-    after = f"{last_event_id - 1}-18446744073709551615" if last_event_id > 0 else "0-0"
+    after = f"{last_event_id}-0"  # one notice per position: carry on right after it
     try:
         info = await client.xinfo_stream(key)
     except aioredis.ResponseError:

@@ -168,10 +168,11 @@ async def assert_read_models_match_ledger(settings: Settings) -> None:
         client = aioredis.Redis.from_url(settings.redis_url)
         try:
             ns = redis_namespace(settings.redis_prefix, 1)
-            meta = await client.hgetall(f"{ns}:meta")
-            redis_checkpoint = Checkpoint(int(meta[b"tx_id"]), int(meta[b"position"]))
+            actual, broken, meta = await verify.redis_model(
+                client, ns, settings.daily_retention_days, now.date()
+            )
+            redis_checkpoint = Checkpoint(int(meta["tx_id"]), int(meta["position"]))
             expected = await verify.ledger_fold(conn, redis_checkpoint, half_life)
-            actual, broken = await verify.redis_model(client, ns)
         finally:
             await client.aclose()
         assert broken == []
@@ -181,7 +182,7 @@ async def assert_read_models_match_ledger(settings: Settings) -> None:
             daily_net_only=True, item_times=False,
         )  # fmt: skip
         assert differences == [], "\n".join(map(str, differences))
-        assert int(meta[b"events_applied"]) == await _events_upto(conn, redis_checkpoint)
+        assert int(meta["events_applied"]) == await _events_upto(conn, redis_checkpoint)
 
 
 async def _events_upto(conn: psycopg.AsyncConnection, checkpoint: Checkpoint) -> int:
