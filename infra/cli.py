@@ -202,7 +202,7 @@ def rebuild_command(projection: ProjectionArgs = None, as_json: JsonOpt = False)
         err.print("rebuild interrupted; the live read models are unchanged")
         raise typer.Exit(130)
     if as_json:
-        print(json.dumps([r.__dict__ for r in reports]))
+        print(json.dumps([dataclasses.asdict(r) for r in reports]))
         return
     for r in reports:
         console.print(

@@ -244,6 +244,8 @@ class Store(Protocol):
 
     async def drop(self, generation: int) -> None: ...
 
+    async def leftovers(self, live: int) -> list[int]: ...  # generations nobody reads
+
 
 class PostgresStore:
     name = "postgres"
@@ -292,6 +294,12 @@ class PostgresStore:
         await self.conn.execute(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(f"rm_g{generation}"))
         )
+
+    async def leftovers(self, live: int) -> list[int]:
+        cur = await self.conn.execute(
+            "SELECT substr(nspname, 5)::int FROM pg_namespace WHERE nspname ~ '^rm_g[0-9]+$'"
+        )
+        return [g for (g,) in await cur.fetchall() if g != live]
 
 
 # Switches the Redis pointer only if the new generation is at least as far as the old one, and
@@ -364,6 +372,13 @@ class RedisStore:
     async def drop(self, generation: int) -> None:
         await _clear_redis(self.client, namespace(self.prefix, generation))
 
+    async def leftovers(self, live: int) -> list[int]:
+        found = set()
+        async for key in self.client.scan_iter(match=f"{{{self.prefix}:g*}}:meta", count=1000):
+            tag = key.decode().split("}", 1)[0]  # "{prefix:gN"
+            found.add(int(tag.rsplit(":g", 1)[1]))
+        return sorted(found - {live})
+
 
 @contextlib.asynccontextmanager
 async def _rebuild_lock(conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
@@ -423,6 +438,10 @@ async def _rebuild_one(
 ) -> Report:
     old, _ = await target_store.live()
     new = old + 1
+    # What an interrupted rebuild left behind (a half-built generation, or an old one it had no
+    # time to drop) goes first, so this rebuild starts cleanly.
+    for generation in await target_store.leftovers(old):
+        await target_store.drop(generation)
     switched = False
     try:
         progress.phase(f"{target_store.name}: writing generation {new}", total=None)

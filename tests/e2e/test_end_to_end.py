@@ -168,23 +168,26 @@ async def _sse(
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     events: list[tuple[str, str, dict[str, object]]] = []
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds), httpx.AsyncClient(timeout=None) as client:
-            async with client.stream("GET", url, headers=headers) as response:
-                assert response.headers["content-type"].startswith("text/event-stream")
-                fields: dict[str, str] = {}
-                async for line in response.aiter_lines():
-                    if line == "":
-                        if "data" in fields:
-                            events.append(
+        async with (
+            asyncio.timeout(seconds),
+            httpx.AsyncClient(timeout=None) as client,
+            client.stream("GET", url, headers=headers) as response,
+        ):
+            assert response.headers["content-type"].startswith("text/event-stream")
+            fields: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line == "":
+                    if "data" in fields:
+                        events.append(
                                 (fields.get("event", "message"), fields.get("id", ""),
                                  json.loads(fields["data"]))
                             )  # fmt: skip
-                            if len(events) >= want:
-                                break
-                        fields = {}
-                    elif not line.startswith(":"):
-                        name, _, value = line.partition(":")
-                        fields[name] = value.removeprefix(" ")
+                        if len(events) >= want:
+                            break
+                    fields = {}
+                elif not line.startswith(":"):
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
     return events
 
 

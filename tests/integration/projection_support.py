@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import redis.asyncio as aioredis
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from commands import handlers
@@ -22,9 +23,10 @@ from events import store
 from events.store import Checkpoint
 from events.types import Direction, ItemListed, VoteCast
 from infra.db import pool_for
+from infra.redis_keys import generation_key
+from infra.redis_keys import namespace as redis_namespace
 from infra.settings import Settings
 from projections import verify
-from infra.redis_keys import namespace as redis_namespace
 from tests.servers import settings_env
 
 DIRECTIONS: list[Direction] = ["up", "down", "none"]
@@ -111,16 +113,33 @@ async def ledger_head(url: str) -> int:
         return int(row[0]) if row else 0
 
 
+async def generations(settings: Settings) -> tuple[int, int]:
+    """The generations readers use now: (PostgreSQL, Redis)."""
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        row = await (await conn.execute("SELECT generation FROM read_model_generation")).fetchone()
+    assert row is not None
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        raw = await client.get(generation_key(settings.redis_prefix))
+    finally:
+        await client.aclose()
+    return int(row[0]), int(raw) if raw else int(row[0])
+
+
 async def watermarks(settings: Settings) -> tuple[int, int]:
+    pg_generation, redis_generation = await generations(settings)
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         row = await (
             await conn.execute(
-                "SELECT watermark FROM rm_g1.checkpoint WHERE projection = 'postgres'"
+                sql.SQL("SELECT watermark FROM {} WHERE projection = 'postgres'").format(
+                    sql.Identifier(f"rm_g{pg_generation}", "checkpoint")
+                )
             )
         ).fetchone()
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        raw = await client.hget(f"{redis_namespace(settings.redis_prefix, 1)}:meta", "watermark")
+        ns = redis_namespace(settings.redis_prefix, redis_generation)
+        raw = await client.hget(f"{ns}:meta", "watermark")
     finally:
         await client.aclose()
     return (int(row[0]) if row else 0), int(raw or 0)
@@ -149,17 +168,20 @@ async def assert_read_models_match_ledger(settings: Settings) -> None:
     applied exactly as many events as the ledger holds there."""
     half_life = settings.trending_half_life_seconds
     now = datetime.now(UTC)
+    pg_generation, redis_generation = await generations(settings)
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         row = await (
             await conn.execute(
-                "SELECT tx_id::text, position, events_applied FROM rm_g1.checkpoint "
-                "WHERE projection = 'postgres'"
+                sql.SQL(
+                    "SELECT tx_id::text, position, events_applied FROM {} "
+                    "WHERE projection = 'postgres'"
+                ).format(sql.Identifier(f"rm_g{pg_generation}", "checkpoint"))
             )
         ).fetchone()
         assert row is not None
         pg_checkpoint, pg_applied = Checkpoint(int(row[0]), row[1]), row[2]
         expected = await verify.ledger_fold(conn, pg_checkpoint, half_life)
-        actual, broken = await verify.postgres_model(conn, 1)
+        actual, broken = await verify.postgres_model(conn, pg_generation)
         assert broken == []
         differences = verify.compare("postgres", expected, actual, half_life, at=now.timestamp())
         assert differences == [], "\n".join(map(str, differences))
@@ -167,7 +189,7 @@ async def assert_read_models_match_ledger(settings: Settings) -> None:
 
         client = aioredis.Redis.from_url(settings.redis_url)
         try:
-            ns = redis_namespace(settings.redis_prefix, 1)
+            ns = redis_namespace(settings.redis_prefix, redis_generation)
             actual, broken, meta = await verify.redis_model(
                 client, ns, settings.daily_retention_days, now.date()
             )

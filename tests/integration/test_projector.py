@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 from events import store
 from events.store import Checkpoint
 from events.types import ItemListed, Recorded, VoteCast
+from infra.redis_keys import namespace as redis_namespace
 from infra.settings import Settings
 from projections.model import Changes, fold
 from projections.runner import run_worker
-from infra.redis_keys import namespace as redis_namespace
 from projections.targets import Fenced, PostgresTarget, RedisTarget, State, Step
 from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
 from tests.integration.projection_support import (

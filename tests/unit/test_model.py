@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
