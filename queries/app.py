@@ -52,6 +52,7 @@ _CACHE_ENTRIES = 10_000
 _REDIS_RETRY_AFTER = 1.0
 _REFRESH_EVERY = 1.0
 _MAX_WAIT_MS = 5000
+_FLOOR_WAIT = 1.0  # how long an answer may wait to not go back behind an earlier one
 
 
 @dataclass(slots=True)
@@ -88,6 +89,7 @@ class ReadSide:
         self.redis_generation = 1
         self.redis_position = 0
         self.redis_live = False
+        self.served = 0  # the highest position this server has answered with
         self._redis_down_until = 0.0
         self._changed = asyncio.Event()
         self._cache: OrderedDict[tuple[Any, ...], Cached] = OrderedDict()
@@ -113,8 +115,8 @@ class ReadSide:
     def _moved(self, position: int) -> None:
         if position > self.redis_position:
             self.redis_position = position
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     async def _refresh(self) -> None:
         raw = await self.client.get(generation_key(self.settings.redis_prefix))
@@ -194,7 +196,9 @@ class ReadSide:
         now = time.time()
         if self.redis_usable() and not self._too_old_for_redis(query.day):
             try:
-                return "redis", await self.redis.page(self.redis_generation, query, now)
+                page = await self.redis.page(self.redis_generation, query, now)
+                self._moved(page.position)  # older cached pages must not answer after this one
+                return "redis", page
             except BadCursor:
                 raise
             except Exception as exc:
@@ -210,6 +214,7 @@ class ReadSide:
                 found, position = await self.redis.detail(
                     self.redis_generation, item_id, today, now
                 )
+                self._moved(position)
                 return "redis", found, position
             except Exception as exc:
                 if not is_unavailable(exc):
@@ -316,8 +321,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         min_position: int | None,
         wait_ms: int,
     ) -> Response:
-        """Serve from cache or produce the body; honour min_position; add validators."""
-        deadline = time.monotonic() + wait_ms / 1000
+        """Serve from cache or produce the body; honour min_position; add validators.
+
+        Never answers with a position below one this server has already answered with (which
+        could happen when falling back to PostgreSQL, a little behind Redis): such an answer
+        waits, briefly, for its source to catch up.
+        """
+        started = time.monotonic()
+        deadline = started + wait_ms / 1000
         while True:
             entry = side.cached(key)
             source = "redis"
@@ -330,20 +341,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         body, _etag(body), position, side.redis_generation, time.monotonic()
                     )
                 )
-            if min_position is None or entry.position >= min_position:
+            now = time.monotonic()
+            if min_position is not None and entry.position < min_position:
+                if now >= deadline:
+                    raise Problem(
+                        503,
+                        f"the read models reflect position {entry.position}, "
+                        f"not yet {min_position}",
+                        slug="not-yet",
+                        headers={"Retry-After": "1", "X-Ledger-Position": str(entry.position)},
+                    )
+                remaining = deadline - now
+            elif entry.position < side.served and now - started < _FLOOR_WAIT:
+                remaining = _FLOOR_WAIT - (now - started)
+            else:
                 break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise Problem(
-                    503,
-                    f"the read models reflect position {entry.position}, not yet {min_position}",
-                    slug="not-yet",
-                    headers={"Retry-After": "1", "X-Ledger-Position": str(entry.position)},
-                )
             if source == "redis":
                 await side.wait_for_change(min(remaining, 0.5))
             else:
                 await asyncio.sleep(min(remaining, 0.025))
+        side.served = max(side.served, entry.position)
         headers = {
             "ETag": entry.etag,
             "X-Ledger-Position": str(entry.position),
