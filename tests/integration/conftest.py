@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -10,7 +10,7 @@ import pytest
 
 from commands.app import create_app
 from infra.settings import Settings
-from tests.conftest import OPERATOR_TOKEN
+from tests.conftest import OPERATOR_TOKEN, fresh_database, fresh_redis_prefix, make_settings
 
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
@@ -23,6 +23,15 @@ class Agent:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@pytest.fixture
+def isolated(redis_url: str) -> Iterator[Settings]:
+    """A database and Redis prefix of this test's own, so the ledger holds only its events."""
+    with fresh_database() as url, fresh_redis_prefix(redis_url) as prefix:
+        yield make_settings(
+            url, redis_url, prefix, VOTELEDGER_BATCH_MAX="2000", VOTELEDGER_POLL_INTERVAL="0.2"
+        )
 
 
 @contextlib.asynccontextmanager

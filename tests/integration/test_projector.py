@@ -8,7 +8,6 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -23,7 +22,6 @@ from infra.settings import Settings
 from projections.model import Changes, fold
 from projections.runner import run_worker
 from projections.targets import Fenced, PostgresTarget, RedisTarget, State, Step
-from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
 from tests.integration.projection_support import (
     assert_read_models_match_ledger,
     command_pool,
@@ -35,15 +33,6 @@ from tests.integration.projection_support import (
 )
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def isolated(redis_url: str) -> Iterator[Settings]:
-    """A database and Redis prefix of this test's own, so the ledger holds only its events."""
-    with fresh_database() as url, fresh_redis_prefix(redis_url) as prefix:
-        yield make_settings(
-            url, redis_url, prefix, VOTELEDGER_BATCH_MAX="2000", VOTELEDGER_POLL_INTERVAL="0.2"
-        )
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -28,7 +27,6 @@ from events.types import ItemListed, VoteCast
 from infra.redis_keys import namespace
 from infra.settings import Settings
 from projections import verify
-from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
 from tests.integration.projection_support import (
     assert_read_models_match_ledger,
     command_pool,
@@ -42,12 +40,6 @@ from tests.integration.test_query_api import query_api
 from tests.servers import settings_env
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def isolated(redis_url: str) -> Iterator[Settings]:
-    with fresh_database() as url, fresh_redis_prefix(redis_url) as prefix:
-        yield make_settings(url, redis_url, prefix, VOTELEDGER_POLL_INTERVAL="0.2")
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
