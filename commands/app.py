@@ -67,7 +67,7 @@ def require_operator(request: Request) -> None:
 
 async def require_agent(request: Request) -> uuid.UUID:
     api_key = _bearer(request)
-    found = await handlers.agent_for_key(request.app.state.pool, api_key)
+    found = await handlers.agent_for_key(request.app.state.pool, api_key, request.app.state.known)
     if found is None:
         raise Problem(
             401, "unknown API key", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"}
@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=_ERRORS,
     )
     app.state.settings = settings
+    app.state.known = handlers.Known()
     app.add_middleware(EdgeMiddleware, name="command", max_body_bytes=settings.max_body_bytes)
     problems.install(app)
 
@@ -150,11 +151,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise Problem(429, "too many votes; slow down", slug="rate-limited", headers=headers)
         command = CastVote(agent_id, body.item_id, body.vote, body.item_type)
         try:
-            reply = await handlers.cast_vote(request.app.state.pool, command, idempotency_key)
+            reply = await handlers.cast_vote(
+                request.app.state.pool, command, idempotency_key, request.app.state.known
+            )
         except UnknownItem:
             raise Problem(404, f"no item {body.item_id!r} in the catalogue", slug="unknown-item")
         except ItemTypeMismatch as exc:
             raise Problem(422, str(exc), slug="item-type-mismatch")
+        except handlers.Revoked:
+            raise Problem(403, "this API key has been revoked", slug="revoked")
         except handlers.KeyReuseMismatch:
             raise Problem(
                 422,

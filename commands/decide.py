@@ -63,6 +63,7 @@ def decide(command: CastVote, item_type: ItemType | None, slot: Slot) -> list[Vo
     ]
 
 
-def evolve(slot: Slot, event: VoteCast, recorded_at: datetime) -> Slot:
-    """The slot after one of its events was recorded at `recorded_at`."""
+def evolve(slot: Slot, event: VoteCast, recorded_at: datetime | None) -> Slot:
+    """The slot after one of its events was recorded at `recorded_at` (None: not known here,
+    the database assigns it)."""
     return Slot(direction=event.direction, cast_at=recorded_at, version=slot.version + 1)

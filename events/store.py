@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
@@ -68,11 +69,20 @@ RETURNING position, recorded_at
 
 async def append(conn: psycopg.AsyncConnection, event: Event) -> tuple[int, datetime]:
     """Append one event inside the caller's transaction; returns its position and time."""
+    return await appended(await append_later(conn, event))
+
+
+async def append_later(conn: psycopg.AsyncConnection, event: Event) -> psycopg.AsyncCursor[Any]:
+    """Send the append without waiting for its result (for pipeline mode); `appended` reads it."""
     agent_id, item_id = _keys(event)
-    cur = await conn.execute(
+    return await conn.execute(
         _APPEND, (event_type(event), agent_id, item_id, encode(event).decode())
     )
-    row = await cur.fetchone()
+
+
+async def appended(cursor: psycopg.AsyncCursor[Any]) -> tuple[int, datetime]:
+    """The position and time of an event sent with `append_later`."""
+    row = await cursor.fetchone()
     assert row is not None
     return row[0], row[1]
 

@@ -101,6 +101,8 @@ GRANT EXECUTE ON FUNCTION ensure_event_partitions(timestamptz, integer) TO votel
 -- Appending needs INSERT (and SELECT for RETURNING); reading needs SELECT. No role gets UPDATE,
 -- DELETE or TRUNCATE.
 GRANT SELECT, INSERT ON events TO voteledger_command;
+-- currval(): a vote's slot records the position its event just drew, in the same round trip.
+GRANT SELECT ON SEQUENCE events_position_seq TO voteledger_command;
 GRANT SELECT ON events TO voteledger_projector;
 
 -- The projector reads the last drawn position (never draws one) to compute its watermark.
