@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from starlette.responses import Response
 
 from commands import handlers
+from commands.batcher import VoteBatcher
 from commands.decide import CastVote, ItemTypeMismatch, UnknownItem
 from commands.models import AgentIn, AgentOut, ItemIn, ItemOut, VoteIn, VoteOut
 from commands.models import Problem as ProblemModel
@@ -101,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
         )
         app.state.pool = pool
+        app.state.votes = VoteBatcher(pool, app.state.known)
+        app.state.votes.start()
         app.state.limiter = RateLimiter(
             client, settings.redis_prefix, settings.rate_limit_per_second, settings.rate_limit_burst
         )
@@ -108,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.votes.stop()
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
@@ -150,22 +154,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             RATE_LIMITED.inc()
             raise Problem(429, "too many votes; slow down", slug="rate-limited", headers=headers)
         command = CastVote(agent_id, body.item_id, body.vote, body.item_type)
-        try:
-            reply = await handlers.cast_vote(
-                request.app.state.pool, command, idempotency_key, request.app.state.known
-            )
-        except UnknownItem:
-            raise Problem(404, f"no item {body.item_id!r} in the catalogue", slug="unknown-item")
-        except ItemTypeMismatch as exc:
-            raise Problem(422, str(exc), slug="item-type-mismatch")
-        except handlers.Revoked:
-            raise Problem(403, "this API key has been revoked", slug="revoked")
-        except handlers.KeyReuseMismatch:
-            raise Problem(
-                422,
-                "this Idempotency-Key was used for a different request",
-                slug="idempotency-key-reused",
-            )
+        outcome = await request.app.state.votes.submit(
+            handlers.VoteRequest(command, idempotency_key)
+        )
+        match outcome:
+            case UnknownItem():
+                raise Problem(
+                    404, f"no item {body.item_id!r} in the catalogue", slug="unknown-item"
+                )
+            case ItemTypeMismatch():
+                raise Problem(422, str(outcome), slug="item-type-mismatch")
+            case handlers.Revoked():
+                raise Problem(403, "this API key has been revoked", slug="revoked")
+            case handlers.KeyReuseMismatch():
+                raise Problem(
+                    422,
+                    "this Idempotency-Key was used for a different request",
+                    slug="idempotency-key-reused",
+                )
+            case Exception():
+                raise outcome
+        reply = outcome
         if reply.replayed:
             headers["Idempotent-Replayed"] = "true"
         return Response(reply.body, reply.status, headers, media_type="application/json")

@@ -13,7 +13,7 @@ import msgspec
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from commands.decide import CastVote, Slot, decide, evolve
+from commands.decide import CastVote, ItemTypeMismatch, Slot, UnknownItem, decide, evolve
 from events import store
 from events.types import AgentRegistered, AgentRevoked, ItemListed, ItemType, VoteCast
 from infra.metrics import EVENTS_APPENDED
@@ -93,47 +93,63 @@ async def list_item(
 
 # --- votes ------------------------------------------------------------------------------------
 #
-# A vote costs two round trips to PostgreSQL (pipeline mode): one sends the slot lock, the
-# revocation check, the idempotency claim, the item lookup and the slot read together; `decide`
-# runs on the answers; the second sends the event, the slot update and the COMMIT.
+# Votes that arrive together are recorded in one transaction: one commit, so one WAL flush, for
+# the lot (on a durable disk the flush, not the work, is what limits single-vote transactions).
+# A batch costs three round trips however large it is (pipeline mode): locks, checks and slot
+# reads; the events (their positions come back); slot updates, stored idempotent responses and
+# the COMMIT. `decide` runs in between, command by command, on the slots as each leaves them.
 
-# Taken before anything else in a vote's transaction, and it assigns no transaction id. So two
-# votes on one slot get their transaction ids in the order they hold the slot, and the projectors,
-# which read in transaction-id order, see each slot's events in the order they were decided: no
-# read model ever shows a transient count (such as -1 up) that the slot never had.
-_SLOT_LOCK = "SELECT pg_advisory_xact_lock(hashtext(%s::text), hashtext(%s))"
-# The key-to-agent mapping never changes and is cached; revocation is checked in every vote.
-_AGENT_REVOKED = "SELECT revoked_at IS NOT NULL FROM agents WHERE agent_id = %s"
-_ITEM_TYPE = "SELECT item_type FROM items WHERE item_id = %s"
-# The slot row serialises every vote of one agent on one item. Creating it first (a no-op when it
-# exists, or when there is no such item) means concurrent first votes queue on the same row.
-_ENSURE_SLOT = """
-INSERT INTO vote_slots (agent_id, item_id) SELECT %s, item_id FROM items WHERE item_id = %s
+# Taken before anything else, in one order, and assigning no transaction id: two votes on one slot
+# get their transaction ids in the order they hold the slot, so the projectors, which read in
+# transaction-id order, see each slot's events in the order they were decided; no read model ever
+# shows a transient count (such as -1 up) that the slot never had. The fixed order (agent, item)
+# means two batches never wait for each other in a cycle.
+_LOCK_SLOTS = """
+SELECT pg_advisory_xact_lock(hashtext(a::text), hashtext(i))
+FROM unnest(%s::uuid[], %s::text[]) AS t(a, i) ORDER BY a, i
+"""
+# The key-to-agent mapping never changes and is cached; revocation is checked in every batch.
+_REVOKED = "SELECT agent_id FROM agents WHERE agent_id = ANY(%s) AND revoked_at IS NOT NULL"
+_ITEM_TYPES = "SELECT item_id, item_type FROM items WHERE item_id = ANY(%s)"
+# The slot rows serialise the votes of one agent on one item. Creating them first (a no-op when
+# they exist, or when there is no such item) means concurrent first votes queue on the same row.
+_ENSURE_SLOTS = """
+INSERT INTO vote_slots (agent_id, item_id)
+SELECT t.a, t.i FROM unnest(%s::uuid[], %s::text[]) AS t(a, i) JOIN items ON items.item_id = t.i
+ORDER BY t.a, t.i
 ON CONFLICT DO NOTHING
 """
-_LOCK_SLOT = """
-SELECT direction, cast_at, version, last_position FROM vote_slots
-WHERE agent_id = %s AND item_id = %s FOR UPDATE
+_LOCK_SLOT_ROWS = """
+SELECT agent_id, item_id, direction, cast_at, version, last_position FROM vote_slots
+WHERE (agent_id, item_id) IN (SELECT * FROM unnest(%s::uuid[], %s::text[]))
+ORDER BY agent_id, item_id
+FOR UPDATE
 """
-# The slot's cast time is its event's recorded time (both are now(), the transaction's start),
-# and its last position the one the event just drew.
-_UPDATE_SLOT = """
-UPDATE vote_slots
-SET direction = %s, cast_at = now(), version = %s,
-    last_position = currval(pg_get_serial_sequence('events', 'position'))
-WHERE agent_id = %s AND item_id = %s
+# A slot's cast time is its last event's recorded time: both are now(), the transaction's start.
+_UPDATE_SLOTS = """
+UPDATE vote_slots AS s SET direction = t.d, cast_at = now(), version = t.v, last_position = t.p
+FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS t(a, i, d, v, p)
+WHERE s.agent_id = t.a AND s.item_id = t.i
 """
-# Inserted in the first round trip: a concurrent request with the same key blocks on this row
-# until the first commits (then replays its response) or rolls back (then acts itself).
-_CLAIM_KEY = """
-INSERT INTO idempotency_keys (agent_id, key, request_hash) VALUES (%s, %s, %s)
-ON CONFLICT DO NOTHING RETURNING 1
+# Claimed in the first round trip: a concurrent request with the same key blocks on its row until
+# the first commits (then replays its response) or rolls back (then acts itself).
+_CLAIM_KEYS = """
+INSERT INTO idempotency_keys (agent_id, key, request_hash)
+SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) ORDER BY 1, 2
+ON CONFLICT DO NOTHING RETURNING agent_id, key
 """
-_STORED_KEY = """
-SELECT request_hash, status, response FROM idempotency_keys WHERE agent_id = %s AND key = %s
+_STORED_KEYS = """
+SELECT k.agent_id, k.key, k.request_hash, k.status, k.response FROM idempotency_keys AS k
+JOIN unnest(%s::uuid[], %s::text[]) AS t(a, key) ON k.agent_id = t.a AND k.key = t.key
 """
-_STORE_RESPONSE = """
-UPDATE idempotency_keys SET status = %s, response = %s WHERE agent_id = %s AND key = %s
+_STORE_RESPONSES = """
+UPDATE idempotency_keys AS k SET status = t.status, response = t.response
+FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::bytea[]) AS t(a, key, status, response)
+WHERE k.agent_id = t.a AND k.key = t.key
+"""
+_RELEASE_KEYS = """
+DELETE FROM idempotency_keys AS k USING unnest(%s::uuid[], %s::text[]) AS t(a, key)
+WHERE k.agent_id = t.a AND k.key = t.key
 """
 _PURGE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %s)"
 
@@ -161,6 +177,19 @@ class KeyReuseMismatch(Exception):
 
 class Revoked(Exception):
     """The agent's key was revoked."""
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRequest:
+    command: CastVote
+    idempotency_key: str | None = None
+
+    @property
+    def slot(self) -> tuple[uuid.UUID, str]:
+        return self.command.agent_id, self.command.item_id
+
+
+Outcome = Reply | Exception  # what one vote request gets: its reply, or why it was refused
 
 
 class Known:
@@ -192,7 +221,7 @@ async def agent_for_key(
 ) -> tuple[uuid.UUID, bool] | None:
     """The agent an API key belongs to and whether it is revoked; None for an unknown key.
 
-    A key seen before answers from the cache as not revoked: each vote checks revocation itself.
+    A key seen before answers from the cache as not revoked: every vote checks revocation itself.
     """
     digest = key_digest(api_key)
     agent_id = known.agents.get(digest)
@@ -212,80 +241,163 @@ async def cast_vote(
     idempotency_key: str | None = None,
     known: Known | None = None,
 ) -> Reply:
-    """Record a vote: lock the slot, decide, append, all in one transaction."""
-    known = known or Known(0)
-    key = (command.agent_id, command.item_id)
-    item_type = known.item_types.get(command.item_id)
-    appended = None
+    """Record one vote (a batch of one); raises what refused it."""
+    [outcome] = await record_votes(pool, [VoteRequest(command, idempotency_key)], known or Known(0))
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def _columns(pairs: list[tuple[Any, ...]]) -> list[list[Any]]:
+    return [list(column) for column in zip(*pairs, strict=True)] if pairs else [[], []]
+
+
+async def record_votes(
+    pool: AsyncConnectionPool, requests: list[VoteRequest], known: Known
+) -> list[Outcome]:
+    """Record a batch of votes in one transaction; one outcome per request, in order."""
+    slots = sorted({r.slot for r in requests}, key=lambda s: (str(s[0]), s[1]))
+    agents = sorted({r.command.agent_id for r in requests}, key=str)
+    item_types = {
+        r.command.item_id: known.item_types[r.command.item_id]
+        for r in requests
+        if r.command.item_id in known.item_types
+    }
+    unknown_items = sorted({r.command.item_id for r in requests} - item_types.keys())
+    # One request per idempotency key does the work; repeats within the batch share its reply.
+    owners: dict[tuple[uuid.UUID, str], int] = {}
+    for n, r in enumerate(requests):
+        if r.idempotency_key is not None:
+            owners.setdefault((r.command.agent_id, r.idempotency_key), n)
+    claims = sorted(owners, key=lambda k: (str(k[0]), k[1]))
+    outcomes: list[Outcome | None] = [None] * len(requests)
+    decided: list[tuple[int, VoteCast]] = []  # (request, event), in decision order
     async with pool.connection() as conn, conn.pipeline(), conn.transaction():
-        await conn.execute(_SLOT_LOCK, key)
-        revoked = await conn.execute(_AGENT_REVOKED, (command.agent_id,))
-        claim = None
-        if idempotency_key is not None:
-            claim = await conn.execute(
-                _CLAIM_KEY, (command.agent_id, idempotency_key, request_hash(command))
-            )
-        item = None if item_type else await conn.execute(_ITEM_TYPE, (command.item_id,))
-        await conn.execute(_ENSURE_SLOT, key)
-        slot_row = await (await conn.execute(_LOCK_SLOT, key)).fetchone()  # round trip 1
-        if (await revoked.fetchone() or (True,))[0]:
-            raise Revoked(str(command.agent_id))
-        if claim is not None and await claim.fetchone() is None:
-            return await _replay(conn, command, idempotency_key)  # type: ignore[arg-type]
-        if item is not None:
-            row = await item.fetchone()
-            item_type = row[0] if row else None
-            if item_type:
-                Known._put(known.item_types, command.item_id, item_type, known.size)
-        slot, position = Slot(), None
-        if slot_row is not None:
-            direction, cast_at, version, position = slot_row
-            slot = Slot(direction=direction, cast_at=cast_at, version=version)
-        events = decide(command, item_type, slot)  # raises for an unknown item or wrong type
-        for event in events:
-            appended = await store.append_later(conn, event)
-            slot = evolve(slot, event, None)
+        await conn.execute(_LOCK_SLOTS, _columns(slots))
+        revoked_cur = await conn.execute(_REVOKED, (agents,))
+        claim_cur = None
+        if claims:
+            hashes = [request_hash(requests[owners[k]].command) for k in claims]
+            claim_cur = await conn.execute(_CLAIM_KEYS, [*_columns(claims), hashes])
+        items_cur = await conn.execute(_ITEM_TYPES, (unknown_items,)) if unknown_items else None
+        await conn.execute(_ENSURE_SLOTS, _columns(slots))
+        slot_rows = await (await conn.execute(_LOCK_SLOT_ROWS, _columns(slots))).fetchall()
+        # -- round trip 1 done: everything above is answered
+        revoked = {row[0] for row in await revoked_cur.fetchall()}
+        claimed = {(a, k) for a, k in await claim_cur.fetchall()} if claim_cur else set()
+        for item_id, item_type in await items_cur.fetchall() if items_cur else []:
+            item_types[item_id] = item_type
+            Known._put(known.item_types, item_id, item_type, known.size)
+        replays = await _replays(conn, [k for k in claims if k not in claimed])
+        state = {
+            (a, i): (Slot(direction=d, cast_at=c, version=v), p) for a, i, d, c, v, p in slot_rows
+        }
+        for n, r in enumerate(requests):
+            key = (r.command.agent_id, r.idempotency_key or "")
+            if r.idempotency_key is not None and owners[key] != n:
+                continue  # answered after the batch, with its key's owner
+            if r.idempotency_key is not None and key in replays:
+                outcomes[n] = _replayed(r.command, replays[key])
+            elif r.command.agent_id in revoked:
+                outcomes[n] = Revoked(str(r.command.agent_id))
+            else:
+                outcomes[n] = _decide(r, item_types, state, decided, n)
+        cursors = [await store.append_later(conn, event) for _, event in decided]
+        positions = [(await store.appended(cursor))[0] for cursor in cursors]
+        # -- round trip 2 done: the events have their positions
+        last_position: dict[tuple[uuid.UUID, str], int] = {}
+        for (n, event), position in zip(decided, positions, strict=True):
+            last_position[requests[n].slot] = position
+            outcomes[n] = _reply(requests[n].command, event.previous, True, position)
+        if last_position:
+            changed = [(s, state[s][0], p) for s, p in last_position.items()]
             await conn.execute(
-                _UPDATE_SLOT, (slot.direction, slot.version, command.agent_id, command.item_id)
-            )
-        if idempotency_key is not None:
-            if appended is not None:  # the stored body needs the position: one more trip
-                position, appended = (await store.appended(appended))[0], None
-            reply = _reply(command, events, slot, position)
+                _UPDATE_SLOTS,
+                (
+                    [s[0] for s, _, _ in changed], [s[1] for s, _, _ in changed],
+                    [slot.direction for _, slot, _ in changed],
+                    [slot.version for _, slot, _ in changed], [p for _, _, p in changed],
+                ),
+            )  # fmt: skip
+        stored = [
+            (k, outcomes[n]) for k, n in owners.items()
+            if k in claimed and isinstance(outcomes[n], Reply)
+        ]  # fmt: skip
+        # A refused request leaves its key free, as if it had never been made.
+        released = [k for k, n in owners.items() if k in claimed and k not in dict(stored)]
+        if released:
+            await conn.execute(_RELEASE_KEYS, _columns(released))
+        if stored:
             await conn.execute(
-                _STORE_RESPONSE, (reply.status, reply.body, command.agent_id, idempotency_key)
-            )
-        # Leaving the pipeline sends the COMMIT with the event: round trip 2. (The result is read
-        # before the connection goes back to the pool, which resets it.)
-        if appended is not None:
-            position = (await store.appended(appended))[0]
-    if events:
-        EVENTS_APPENDED.labels("VoteCast").inc(len(events))
-    return _reply(command, events, slot, position)
+                _STORE_RESPONSES,
+                (
+                    [k[0] for k, _ in stored], [k[1] for k, _ in stored],
+                    [o.status for _, o in stored], [o.body for _, o in stored],  # type: ignore[union-attr]
+                ),
+            )  # fmt: skip
+        # -- leaving the transaction sends the COMMIT: round trip 3
+    for n, r in enumerate(requests):
+        if outcomes[n] is None:  # a repeat of an idempotency key within the batch
+            owner = owners[(r.command.agent_id, r.idempotency_key or "")]
+            outcomes[n] = _repeat(r.command, requests[owner].command, outcomes[owner])
+    if decided:
+        EVENTS_APPENDED.labels("VoteCast").inc(len(decided))
+    return [o for o in outcomes if o is not None]
 
 
-def _reply(command: CastVote, events: list[VoteCast], slot: Slot, position: int | None) -> Reply:
-    return Reply(
-        201 if events else 200,
-        msgspec.json.encode(
-            VoteResult(
-                position=position,
-                item_id=command.item_id,
-                vote=command.direction,
-                previous=events[0].previous if events else slot.direction,
-                changed=bool(events),
-            )
-        ),
-    )
+def _decide(
+    request: VoteRequest,
+    item_types: dict[str, ItemType],
+    state: dict[tuple[uuid.UUID, str], tuple[Slot, int | None]],
+    decided: list[tuple[int, VoteCast]],
+    n: int,
+) -> Outcome | None:
+    """Decide one request against its slot as the batch has left it so far."""
+    command = request.command
+    slot, last = state.get(request.slot, (Slot(), None))
+    try:
+        events = decide(command, item_types.get(command.item_id), slot)
+    except (UnknownItem, ItemTypeMismatch) as exc:
+        return exc
+    if not events:
+        return _reply(command, slot.direction, False, last)
+    for event in events:
+        slot = evolve(slot, event, None)
+        decided.append((n, event))
+    state[request.slot] = (slot, last)
+    return None  # answered once the event has its position
 
 
-async def _replay(conn: psycopg.AsyncConnection, command: CastVote, key: str) -> Reply:
-    """The stored response of a request already made with this key."""
-    row = await (await conn.execute(_STORED_KEY, (command.agent_id, key))).fetchone()
-    assert row is not None and row[1] is not None, "a claimed key always commits with its response"
-    if bytes(row[0]) != request_hash(command):
-        raise KeyReuseMismatch(key)
-    return Reply(row[1], bytes(row[2]), replayed=True)
+def _reply(command: CastVote, previous: str, changed: bool, position: int | None) -> Reply:
+    body = VoteResult(position, command.item_id, command.direction, previous, changed)
+    return Reply(201 if changed else 200, msgspec.json.encode(body))
+
+
+async def _replays(
+    conn: psycopg.AsyncConnection, keys: list[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], tuple[bytes, int, bytes]]:
+    """The stored (request hash, status, body) of keys another request has already used."""
+    if not keys:
+        return {}
+    rows = await (await conn.execute(_STORED_KEYS, _columns(keys))).fetchall()
+    return {(a, k): (bytes(h), status, bytes(body)) for a, k, h, status, body in rows}
+
+
+def _replayed(command: CastVote, stored: tuple[bytes, int, bytes]) -> Outcome:
+    request_digest, status, body = stored
+    if request_digest != request_hash(command):
+        return KeyReuseMismatch(str(command.agent_id))
+    return Reply(status, body, replayed=True)
+
+
+def _repeat(command: CastVote, first: CastVote, outcome: Outcome | None) -> Outcome:
+    """A second request with the key of an earlier one in the same batch."""
+    if request_hash(command) != request_hash(first):
+        return KeyReuseMismatch(str(command.agent_id))
+    if isinstance(outcome, Reply):
+        return Reply(outcome.status, outcome.body, replayed=True)
+    assert outcome is not None
+    return outcome
 
 
 async def purge_idempotency_keys(pool: AsyncConnectionPool, ttl_seconds: int) -> int:
