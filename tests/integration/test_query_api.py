@@ -262,3 +262,23 @@ async def test_item_detail_ranks(stack: Stack) -> None:
     assert detail["item_type"] == "song" and detail["title"].startswith("Title of")
     assert detail["rank_daily"] is not None and detail["daily_net"] is not None
     assert 0 < detail["confidence"] < 1
+
+
+async def test_repeated_page_is_answered_from_the_cache_with_the_same_headers(
+    stack: Stack,
+) -> None:
+    """A page asked for again while current is answered before routing, byte for byte the same,
+    and a new vote makes the next request fetch afresh."""
+    await settled(stack)
+    url = "/api/v1/top?item_type=song&limit=3"
+    first = await stack.query.get(url)
+    again = await stack.query.get(url)
+    assert again.content == first.content
+    for header in ("ETag", "X-Ledger-Position", "X-Read-Model", "Cache-Control"):
+        assert again.headers[header] == first.headers[header]
+    assert 'route="(cached page)"' in (await stack.query.get("/metrics")).text
+    position = await vote(stack, stack.songs[7], "up")
+    fresh = await stack.query.get(url + f"&min_position={position}")
+    assert int(fresh.headers["X-Ledger-Position"]) >= position
+    after = await stack.query.get(url)
+    assert int(after.headers["X-Ledger-Position"]) >= position
