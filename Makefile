@@ -49,3 +49,8 @@ migrate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+
+## bench: end-to-end benchmarks against same-run baselines (throwaway, durable PostgreSQL/Redis); writes bench/results.json
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -m infra.devstack exec -- $(BIN)/python -m bench.run

@@ -58,8 +58,10 @@ async def measure(settings: Settings, projections: tuple[str, ...]) -> float:
     elapsed = time.perf_counter() - started
     stop.set()
     await task
+    rate = count / elapsed
     print(
-        f"{'+'.join(projections):16s} {count:>10,} events in {elapsed:6.2f} s = {count / elapsed:>10,.0f} events/s",
+        f"{'+'.join(projections):16s} {count:>10,} events in {elapsed:6.2f} s "
+        f"= {rate:>10,.0f} events/s",
         flush=True,
     )
     return count / elapsed
