@@ -66,7 +66,14 @@ class ProjectionRunner:
             m.PROJECTION_LEASE_HELD.labels(self.name).set(1)
             try:
                 await self._project(lease)
-            except (Fenced, LeaseLost) as exc:
+            except (
+                Fenced,
+                LeaseLost,
+                psycopg.errors.UndefinedTable,
+                psycopg.errors.InvalidSchemaName,
+            ) as exc:
+                # UndefinedTable: a rebuild switched generations and dropped the one this worker
+                # was still writing before it noticed; it starts over on the current pointer.
                 log.warning("%s: stepping down: %s", self.name, exc)
             except (psycopg.OperationalError, RedisError, OSError) as exc:
                 log.warning("%s: store unavailable, retrying: %s", self.name, exc)
