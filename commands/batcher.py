@@ -1,29 +1,45 @@
-"""Concurrent vote requests share transactions.
+"""Concurrent vote requests share rate-limit checks and transactions.
 
-Each request waits in a queue; a few workers take whatever has queued up (at most `max_batch`)
-and record it with `handlers.record_votes` in one transaction. Under load, batches grow by
-themselves while the previous one commits; alone, a vote is a batch of one, with no added delay.
+Each request waits in a queue; a few workers take whatever has queued up (at most `max_batch`),
+check the whole batch against the rate limit in one Redis call, and record the votes it admits
+with `handlers.record_votes` in one transaction. Under load, batches grow by themselves while the
+previous one commits; alone, a vote is a batch of one, with no added delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
 from commands.handlers import Known, Outcome, VoteRequest, record_votes
+from commands.ratelimit import Decision, RateLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    decision: Decision  # the rate limit's, for the response headers
+    outcome: Outcome | None  # None when the rate limit refused the request: nothing was recorded
 
 
 class VoteBatcher:
     def __init__(
-        self, pool: AsyncConnectionPool, known: Known, *, max_batch: int = 256, workers: int = 2
+        self,
+        pool: AsyncConnectionPool,
+        known: Known,
+        limiter: RateLimiter,
+        *,
+        max_batch: int = 256,
+        workers: int = 4,
     ) -> None:
         self.pool = pool
         self.known = known
+        self.limiter = limiter
         self.max_batch = max_batch
         self.workers = workers
-        self._queue: asyncio.Queue[tuple[VoteRequest, asyncio.Future[Outcome]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[VoteRequest, asyncio.Future[Answer]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -40,8 +56,8 @@ class VoteBatcher:
             if not future.done():
                 future.set_exception(RuntimeError("the command API is shutting down"))
 
-    async def submit(self, request: VoteRequest) -> Outcome:
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    async def submit(self, request: VoteRequest) -> Answer:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((request, future))
         return await future
 
@@ -51,12 +67,18 @@ class VoteBatcher:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                outcomes = await record_votes(self.pool, [r for r, _ in batch], self.known)
+                answers = await self._answer([request for request, _ in batch])
             except Exception as exc:  # the whole transaction failed: every request learns why
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), outcome in zip(batch, outcomes, strict=True):
+            for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():  # a client that went away still had its vote recorded
-                    future.set_result(outcome)
+                    future.set_result(answer)
+
+    async def _answer(self, batch: list[VoteRequest]) -> list[Answer]:
+        decisions = await self.limiter.check_many([str(r.command.agent_id) for r in batch])
+        admitted = [r for r, decision in zip(batch, decisions, strict=True) if decision.allowed]
+        outcomes = iter(await record_votes(self.pool, admitted, self.known) if admitted else [])
+        return [Answer(d, next(outcomes) if d.allowed else None) for d in decisions]

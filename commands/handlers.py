@@ -14,8 +14,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from commands.decide import CastVote, ItemTypeMismatch, Slot, UnknownItem, decide, evolve
+from commands.models import VoteOut
 from events import store
-from events.types import AgentRegistered, AgentRevoked, ItemListed, ItemType, VoteCast
+from events.types import AgentRegistered, AgentRevoked, Direction, ItemListed, ItemType, VoteCast
 from infra.metrics import EVENTS_APPENDED
 
 API_KEY_PREFIX = "vlk_"
@@ -152,14 +153,6 @@ DELETE FROM idempotency_keys AS k USING unnest(%s::uuid[], %s::text[]) AS t(a, k
 WHERE k.agent_id = t.a AND k.key = t.key
 """
 _PURGE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %s)"
-
-
-class VoteResult(msgspec.Struct, frozen=True):
-    position: int | None
-    item_id: str
-    vote: str
-    previous: str
-    changed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,8 +295,10 @@ async def record_votes(
                 outcomes[n] = Revoked(str(r.command.agent_id))
             else:
                 outcomes[n] = _decide(r, item_types, state, decided, n)
-        cursors = [await store.append_later(conn, event) for _, event in decided]
-        positions = [(await store.appended(cursor))[0] for cursor in cursors]
+        positions = []
+        if decided:
+            appends = await store.append_all_later(conn, [event for _, event in decided])
+            positions = await store.positions(appends)
         # -- round trip 2 done: the events have their positions
         last_position: dict[tuple[uuid.UUID, str], int] = {}
         for (n, event), position in zip(decided, positions, strict=True):
@@ -368,8 +363,8 @@ def _decide(
     return None  # answered once the event has its position
 
 
-def _reply(command: CastVote, previous: str, changed: bool, position: int | None) -> Reply:
-    body = VoteResult(position, command.item_id, command.direction, previous, changed)
+def _reply(command: CastVote, previous: Direction, changed: bool, position: int | None) -> Reply:
+    body = VoteOut(position, command.item_id, command.direction, previous, changed)
     return Reply(201 if changed else 200, msgspec.json.encode(body))
 
 

@@ -1,13 +1,19 @@
-"""The command API's HTTP edge: pydantic models, converted once into commands."""
+"""The command API's HTTP edge: request and response shapes, converted once into commands.
+
+The vote, the hot path, is decoded and validated by msgspec straight from the body bytes; the
+operator routes use pydantic models. Both are what the OpenAPI document shows.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
+from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, Direction, ItemType
 
 ItemId = Annotated[
     str,
@@ -25,23 +31,112 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class VoteIn(Strict):
-    item_id: ItemId
-    vote: Literal["up", "down", "none"] = Field(description="`none` retracts the vote")
-    agent_id: uuid.UUID | None = Field(
-        default=None, description="Optional; must be the agent the API key belongs to"
-    )
-    item_type: Literal["song", "tool"] | None = Field(
-        default=None, description="Optional; must be the item's type"
-    )
+class VoteIn(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    item_id: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=ITEM_ID_MAX_LENGTH,
+            pattern=ITEM_ID_PATTERN,
+            description="Catalogue id: letters, digits and . _ : ~ -",
+            examples=["song-42"],
+        ),
+    ]
+    vote: Annotated[Direction, msgspec.Meta(description="`none` retracts the vote")]
+    agent_id: Annotated[
+        uuid.UUID | None,
+        msgspec.Meta(description="Optional; must be the agent the API key belongs to"),
+    ] = None
+    item_type: Annotated[
+        ItemType | None,
+        msgspec.Meta(description="Optional; must be the item's type"),
+    ] = None
 
 
-class VoteOut(BaseModel):
-    position: int | None = Field(description="Ledger position of the slot's latest event")
+class VoteOut(msgspec.Struct, frozen=True):
+    position: Annotated[
+        int | None, msgspec.Meta(description="Ledger position of the slot's latest event")
+    ]
     item_id: str
-    vote: Literal["up", "down", "none"]
-    previous: Literal["up", "down", "none"]
+    vote: Direction
+    previous: Direction
     changed: bool
+
+
+class InvalidRequest(Exception):
+    """A request that does not validate: `errors` as the 422 problem lists them."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["message"])
+        self.errors = errors
+
+
+_vote_decoder = msgspec.json.Decoder(VoteIn)
+_AT_PATH = re.compile(r" - at `\$((?:\.\w+|\[\d+\])*)`$")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def decode_vote(body: bytes) -> VoteIn:
+    try:
+        vote = _vote_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        found = _AT_PATH.search(message)
+        path = re.findall(r"\w+", found.group(1)) if found else []
+        message = message[: found.start()] if found else message
+        raise InvalidRequest([{"location": ["body", *path], "message": message}]) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest([{"location": ["body"], "message": str(exc)}]) from None
+    # msgspec matches patterns with re.search, where `$` also matches before a final newline.
+    if vote.item_id.endswith("\n"):
+        message = f"String must match pattern '{ITEM_ID_PATTERN}'"
+        raise InvalidRequest([{"location": ["body", "item_id"], "message": message}])
+    return vote
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header: 1 to 255 printable ASCII characters, or absent."""
+    if value is None or _IDEMPOTENCY_KEY.fullmatch(value):
+        return value
+    message = "must be 1 to 255 printable ASCII characters without spaces"
+    raise InvalidRequest([{"location": ["header", "Idempotency-Key"], "message": message}])
+
+
+def _inline(struct: type) -> dict[str, Any]:
+    _, components = msgspec.json.schema_components([struct])
+    return dict(components[struct.__name__])
+
+
+def _json(struct: type, description: str) -> dict[str, Any]:
+    content = {"application/json": {"schema": _inline(struct)}}
+    return {"description": description, "content": content}
+
+
+VOTE_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": _inline(VoteIn)}},
+    },
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "Retries with the same key return the first response and record "
+            "nothing new",
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 255,
+                "pattern": r"^[\x21-\x7e]+$",
+            },
+        }
+    ],
+}
+VOTE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: _json(VoteOut, "The vote was recorded"),
+    200: _json(VoteOut, "The vote already had that state"),
+}
 
 
 class ItemIn(Strict):

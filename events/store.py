@@ -69,22 +69,48 @@ RETURNING position, recorded_at
 
 async def append(conn: psycopg.AsyncConnection, event: Event) -> tuple[int, datetime]:
     """Append one event inside the caller's transaction; returns its position and time."""
-    return await appended(await append_later(conn, event))
-
-
-async def append_later(conn: psycopg.AsyncConnection, event: Event) -> psycopg.AsyncCursor[Any]:
-    """Send the append without waiting for its result (for pipeline mode); `appended` reads it."""
     agent_id, item_id = _keys(event)
-    return await conn.execute(
+    cursor = await conn.execute(
         _APPEND, (event_type(event), agent_id, item_id, encode(event).decode())
     )
-
-
-async def appended(cursor: psycopg.AsyncCursor[Any]) -> tuple[int, datetime]:
-    """The position and time of an event sent with `append_later`."""
     row = await cursor.fetchone()
     assert row is not None
     return row[0], row[1]
+
+
+# Several events in one statement, in the order given.
+_APPEND_ALL = """
+INSERT INTO events (event_type, agent_id, item_id, payload)
+SELECT t, a, i, p
+FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::jsonb[]) WITH ORDINALITY AS e(t, a, i, p, n)
+ORDER BY n
+RETURNING position
+"""
+
+
+async def append_all_later(
+    conn: psycopg.AsyncConnection, events: list[Event]
+) -> psycopg.AsyncCursor[Any]:
+    """Send the appends of `events` as one statement without waiting for the result (for
+    pipeline mode); `positions` reads their positions."""
+    keys = [_keys(event) for event in events]
+    return await conn.execute(
+        _APPEND_ALL,
+        (
+            [event_type(event) for event in events],
+            [agent_id for agent_id, _ in keys],
+            [item_id for _, item_id in keys],
+            [encode(event).decode() for event in events],
+        ),
+    )
+
+
+async def positions(cursor: psycopg.AsyncCursor[Any]) -> list[int]:
+    """The positions of the events sent with `append_all_later`, in the order given.
+
+    The rows are inserted in that order (ORDER BY n) and one transaction draws increasing
+    positions, so the sorted positions are the events' own."""
+    return sorted(row[0] for row in await cursor.fetchall())
 
 
 # Bulk appends. The transaction id must exist before the first position is drawn (see

@@ -285,23 +285,30 @@ async def test_catalogue_errors(command_client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "location"),
     [
-        {"item_id": "song-1", "vote": "sideways"},
-        {"item_id": "", "vote": "up"},
-        {"item_id": "bad id with spaces", "vote": "up"},
-        {"vote": "up"},
-        {"item_id": "song-1", "vote": "up", "unexpected": 1},
-        {"item_id": "song-1", "vote": "up", "agent_id": "not-a-uuid"},
-        [1, 2, 3],
-        "just a string",
+        ({"item_id": "song-1", "vote": "sideways"}, ["body", "vote"]),
+        ({"item_id": "", "vote": "up"}, ["body", "item_id"]),
+        ({"item_id": "bad id with spaces", "vote": "up"}, ["body", "item_id"]),
+        ({"item_id": "song-1\n", "vote": "up"}, ["body", "item_id"]),
+        ({"item_id": "s" * 129, "vote": "up"}, ["body", "item_id"]),
+        ({"vote": "up"}, ["body"]),
+        ({"item_id": "song-1", "vote": "up", "unexpected": 1}, ["body"]),
+        ({"item_id": "song-1", "vote": "up", "agent_id": "not-a-uuid"}, ["body", "agent_id"]),
+        ({"item_id": "song-1", "vote": "up", "item_type": "album"}, ["body", "item_type"]),
+        ([1, 2, 3], ["body"]),
+        ("just a string", ["body"]),
     ],
 )
-async def test_invalid_bodies_answer_422(command_client: httpx.AsyncClient, body: object) -> None:
-    """Malformed vote bodies are refused with problem details listing the errors."""
+async def test_invalid_bodies_answer_422(
+    command_client: httpx.AsyncClient, body: object, location: list[str]
+) -> None:
+    """Malformed vote bodies are refused with problem details saying where and what."""
     agent = await new_agent(command_client)
     response = await command_client.post("/api/v1/vote", json=body, headers=agent.headers)
-    assert assert_problem(response, 422)["errors"]
+    [error] = assert_problem(response, 422)["errors"]
+    assert error["location"] == location
+    assert error["message"]
 
 
 async def test_broken_json_and_bad_headers_answer_422(command_client: httpx.AsyncClient) -> None:
@@ -373,6 +380,32 @@ async def test_rate_limit_answers_429_with_headers(
         assert response.headers["RateLimit"].startswith('"votes";r=0;')
         metrics = (await client.get("/metrics")).text
         assert "voteledger_rate_limited_total" in metrics
+
+
+async def test_rate_limit_holds_for_concurrent_votes(
+    database_url: str, redis_url: str, redis_prefix: str, admin_conn: psycopg.Connection
+) -> None:
+    """Votes sent at once, which share a rate-limit check, are each charged: only the burst
+    passes, and only the admitted votes are recorded."""
+    limited = make_settings(
+        database_url,
+        redis_url,
+        redis_prefix,
+        VOTELEDGER_RATE_LIMIT_PER_SECOND="0.5",
+        VOTELEDGER_RATE_LIMIT_BURST="3",
+    )
+    async with command_api(limited) as client:
+        agent = await new_agent(client)
+        items = [await new_item(client) for _ in range(8)]
+        responses = await asyncio.gather(
+            *(
+                client.post("/api/v1/vote", json={"item_id": i, "vote": "up"}, headers=agent.headers)
+                for i in items
+            )
+        )
+    assert sorted(r.status_code for r in responses) == [201] * 3 + [429] * 5
+    recorded = {i for i, r in zip(items, responses, strict=True) if r.status_code == 201}
+    assert {i for i in items if _events_of(admin_conn, agent.agent_id, i)} == recorded
 
 
 def _metric(text: str, name: str) -> float:
