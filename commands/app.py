@@ -18,15 +18,14 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
 from commands import handlers, models
-from commands.batcher import VoteBatcher
-from commands.decide import CastVote, ItemTypeMismatch, UnknownItem
 from commands.models import AgentIn, AgentOut, ItemIn, ItemOut
 from commands.models import Problem as ProblemModel
 from commands.ratelimit import RateLimiter
+from commands.vote import VOTE_PATH, VoteEndpoint, Voting, bearer
 from infra import problems
 from infra.db import pool_for
 from infra.http import EdgeMiddleware
-from infra.metrics import RATE_LIMITED, metrics_response
+from infra.metrics import metrics_response
 from infra.problems import Problem
 from infra.settings import Settings, get_settings
 
@@ -40,21 +39,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise Problem(
-            401,
-            "missing bearer credentials",
-            slug="unauthorized",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return credentials.strip()
-
-
 def require_operator(request: Request) -> None:
-    token = _bearer(request)
+    token = bearer(request.headers.get("authorization"))
     expected: str = request.app.state.settings.operator_token
     # No configured token locks the operator routes; it never opens them.
     if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
@@ -64,19 +50,6 @@ def require_operator(request: Request) -> None:
             slug="unauthorized",
             headers={"WWW-Authenticate": "Bearer"},
         )
-
-
-async def require_agent(request: Request) -> uuid.UUID:
-    api_key = _bearer(request)
-    found = await handlers.agent_for_key(request.app.state.pool, api_key, request.app.state.known)
-    if found is None:
-        raise Problem(
-            401, "unknown API key", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"}
-        )
-    agent_id, revoked = found
-    if revoked:
-        raise Problem(403, "this API key has been revoked", slug="revoked")
-    return agent_id
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -93,13 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limiter = RateLimiter(
             client, settings.redis_prefix, settings.rate_limit_per_second, settings.rate_limit_burst
         )
-        app.state.votes = VoteBatcher(pool, app.state.known, app.state.limiter)
-        app.state.votes.start()
+        app.state.voting = voting = Voting(pool, app.state.known, app.state.limiter)
+        voting.batcher.start()
         purger = asyncio.create_task(_purge_keys_forever(pool, settings.idempotency_ttl_seconds))
         try:
             yield
         finally:
-            await app.state.votes.stop()
+            await voting.batcher.stop()
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
@@ -115,60 +88,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.known = handlers.Known()
-    app.add_middleware(EdgeMiddleware, name="command", max_body_bytes=settings.max_body_bytes)
     problems.install(app)
 
-    # The hot path: no pydantic model or dependency to solve; the body goes straight from bytes
-    # to a msgspec struct, and the rate limit is checked once per batch (see VoteBatcher).
+    # Answered by VoteEndpoint before routing (see commands/vote.py); the route documents it.
     @app.post(
-        "/api/v1/vote",
+        VOTE_PATH,
         status_code=201,
         responses=models.VOTE_RESPONSES,
         openapi_extra=models.VOTE_OPENAPI,
         summary="Cast, change or retract a vote",
     )
     async def vote(request: Request) -> Response:
-        agent_id = await require_agent(request)
-        try:
-            key = models.idempotency_key(request.headers.get("idempotency-key"))
-            body = models.decode_vote(await request.body())
-        except models.InvalidRequest as exc:
-            raise Problem(422, "the request is not valid", slug="validation", errors=exc.errors)
-        if body.agent_id is not None and body.agent_id != agent_id:
-            raise Problem(
-                403, "agent_id is not the agent this API key belongs to", slug="forbidden"
-            )
-        command = CastVote(agent_id, body.item_id, body.vote, body.item_type)
-        answer = await request.app.state.votes.submit(handlers.VoteRequest(command, key))
-        limiter: RateLimiter = request.app.state.limiter
-        headers = limiter.headers(answer.decision)
-        outcome = answer.outcome
-        match outcome:
-            case None:
-                RATE_LIMITED.inc()
-                raise Problem(
-                    429, "too many votes; slow down", slug="rate-limited", headers=headers
-                )
-            case UnknownItem():
-                raise Problem(
-                    404, f"no item {body.item_id!r} in the catalogue", slug="unknown-item"
-                )
-            case ItemTypeMismatch():
-                raise Problem(422, str(outcome), slug="item-type-mismatch")
-            case handlers.Revoked():
-                raise Problem(403, "this API key has been revoked", slug="revoked")
-            case handlers.KeyReuseMismatch():
-                raise Problem(
-                    422,
-                    "this Idempotency-Key was used for a different request",
-                    slug="idempotency-key-reused",
-                )
-            case Exception():
-                raise outcome
-        reply = outcome
-        if reply.replayed:
-            headers["Idempotent-Replayed"] = "true"
-        return Response(reply.body, reply.status, headers, media_type="application/json")
+        status, headers, body = await request.app.state.voting.answer(
+            request.headers.get("authorization"),
+            request.headers.get("idempotency-key"),
+            await request.body(),
+        )
+        return Response(body, status, headers, media_type="application/json")
 
     @app.post(
         "/api/v1/agents",
@@ -224,6 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         return metrics_response()
 
+    vote_route = next(r for r in app.routes if getattr(r, "path", None) == VOTE_PATH)
+    app.add_middleware(VoteEndpoint, state=app.state, route=vote_route)
+    # Added last, so outermost: its size and media-type guards and metrics cover votes too.
+    app.add_middleware(EdgeMiddleware, name="command", max_body_bytes=settings.max_body_bytes)
     return app
 
 

@@ -71,51 +71,57 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     ]
 
 
+def response_for(exc: Exception, instance: str) -> Response:
+    """The problem details for an exception raised while answering a request at `instance`."""
+    match exc:
+        case Problem():
+            return problem_response(
+                exc.status,
+                exc.detail,
+                slug=exc.slug,
+                headers=exc.headers,
+                instance=instance,
+                **exc.extensions,
+            )
+        case RequestValidationError():
+            return problem_response(
+                422,
+                "the request is not valid",
+                slug="validation",
+                instance=instance,
+                errors=_validation_errors(exc),
+            )
+        case StarletteHTTPException():
+            return problem_response(
+                exc.status_code,
+                str(exc.detail),
+                headers=dict(exc.headers or {}),
+                instance=instance,
+            )
+        case psycopg.OperationalError():
+            log.warning("database unavailable: %s", exc)
+            return problem_response(
+                503,
+                "the database is unavailable; retry later",
+                slug="unavailable",
+                headers={"Retry-After": "1"},
+                instance=instance,
+            )
+    log.error("unhandled error on %s", instance, exc_info=exc)
+    return problem_response(500, "internal error", instance=instance)
+
+
 def install(app: FastAPI) -> None:
     """Route every error through problem details."""
 
-    @app.exception_handler(Problem)
-    async def _problem(request: Request, exc: Problem) -> Response:
-        return problem_response(
-            exc.status,
-            exc.detail,
-            slug=exc.slug,
-            headers=exc.headers,
-            instance=request.url.path,
-            **exc.extensions,
-        )
+    async def handler(request: Request, exc: Exception) -> Response:
+        return response_for(exc, request.url.path)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        return problem_response(
-            422,
-            "the request is not valid",
-            slug="validation",
-            instance=request.url.path,
-            errors=_validation_errors(exc),
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        return problem_response(
-            exc.status_code,
-            str(exc.detail),
-            headers=dict(exc.headers or {}),
-            instance=request.url.path,
-        )
-
-    @app.exception_handler(psycopg.OperationalError)
-    async def _database_down(request: Request, exc: psycopg.OperationalError) -> Response:
-        log.warning("database unavailable: %s", exc)
-        return problem_response(
-            503,
-            "the database is unavailable; retry later",
-            slug="unavailable",
-            headers={"Retry-After": "1"},
-            instance=request.url.path,
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s", request.url.path)
-        return problem_response(500, "internal error", instance=request.url.path)
+    for kind in (
+        Problem,
+        RequestValidationError,
+        StarletteHTTPException,
+        psycopg.OperationalError,
+        Exception,
+    ):
+        app.add_exception_handler(kind, handler)

@@ -1,0 +1,144 @@
+"""POST /api/v1/vote, the hot path, answered before routing.
+
+Votes are the one request agents send in volume, so they skip the framework: `VoteEndpoint`
+reads the raw ASGI request, `Voting.answer` checks the key, decodes the body with msgspec and
+hands the vote to the batcher, and the reply goes out as two ASGI messages. The FastAPI route of
+the same path (which documents it in OpenAPI) calls the same `Voting.answer`; errors leave through
+the same problem details either way.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from psycopg_pool import AsyncConnectionPool
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from commands import handlers, models
+from commands.batcher import VoteBatcher
+from commands.decide import CastVote, ItemTypeMismatch, UnknownItem
+from commands.ratelimit import RateLimiter
+from infra.metrics import RATE_LIMITED
+from infra.problems import Problem, response_for
+
+VOTE_PATH = "/api/v1/vote"
+
+
+def bearer(authorization: str | None) -> str:
+    """The credentials of an `Authorization: Bearer ...` header, or 401."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise Problem(
+            401,
+            "missing bearer credentials",
+            slug="unauthorized",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credentials.strip()
+
+
+class Voting:
+    def __init__(
+        self, pool: AsyncConnectionPool, known: handlers.Known, limiter: RateLimiter
+    ) -> None:
+        self.pool = pool
+        self.known = known
+        self.limiter = limiter
+        self.batcher = VoteBatcher(pool, known, limiter)
+
+    async def agent(self, authorization: str | None) -> uuid.UUID:
+        """The agent an API key belongs to: 401 for no or an unknown key, 403 once revoked."""
+        found = await handlers.agent_for_key(self.pool, bearer(authorization), self.known)
+        if found is None:
+            raise Problem(
+                401, "unknown API key", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"}
+            )
+        agent_id, revoked = found
+        if revoked:
+            raise Problem(403, "this API key has been revoked", slug="revoked")
+        return agent_id
+
+    async def answer(
+        self, authorization: str | None, idempotency_key: str | None, body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and JSON body of a vote request; raises Problem for a refusal."""
+        agent_id = await self.agent(authorization)
+        try:
+            key = models.idempotency_key(idempotency_key)
+            vote = models.decode_vote(body)
+        except models.InvalidRequest as exc:
+            raise Problem(422, "the request is not valid", slug="validation", errors=exc.errors)
+        if vote.agent_id is not None and vote.agent_id != agent_id:
+            raise Problem(
+                403, "agent_id is not the agent this API key belongs to", slug="forbidden"
+            )
+        command = CastVote(agent_id, vote.item_id, vote.vote, vote.item_type)
+        answer = await self.batcher.submit(handlers.VoteRequest(command, key))
+        headers = self.limiter.headers(answer.decision)
+        outcome = answer.outcome
+        match outcome:
+            case None:
+                RATE_LIMITED.inc()
+                raise Problem(
+                    429, "too many votes; slow down", slug="rate-limited", headers=headers
+                )
+            case UnknownItem():
+                raise Problem(
+                    404, f"no item {vote.item_id!r} in the catalogue", slug="unknown-item"
+                )
+            case ItemTypeMismatch():
+                raise Problem(422, str(outcome), slug="item-type-mismatch")
+            case handlers.Revoked():
+                raise Problem(403, "this API key has been revoked", slug="revoked")
+            case handlers.KeyReuseMismatch():
+                raise Problem(
+                    422,
+                    "this Idempotency-Key was used for a different request",
+                    slug="idempotency-key-reused",
+                )
+            case Exception():
+                raise outcome
+        if outcome.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return outcome.status, headers, outcome.body
+
+
+class VoteEndpoint:
+    """ASGI middleware: answers POST /api/v1/vote itself and passes everything else on."""
+
+    def __init__(self, app: ASGIApp, state: State, route: object) -> None:
+        self.app = app
+        self.state = state  # app.state: `voting` is set there once the lifespan has started
+        self.route = route  # the documented route: what metrics label these requests with
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != VOTE_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route
+        authorization = idempotency_key = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"idempotency-key":
+                idempotency_key = value.decode("latin-1")
+        try:
+            chunks = []
+            while True:  # the body; EdgeMiddleware's receive refuses one that grows too large
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # the client went away before sending its vote
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            status, headers, body = await self.state.voting.answer(
+                authorization, idempotency_key, b"".join(chunks)
+            )
+        except Exception as exc:
+            await response_for(exc, VOTE_PATH)(scope, receive, send)
+            return
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        raw += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
