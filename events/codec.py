@@ -14,6 +14,11 @@ def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
+def encode_all(events: list[Event]) -> bytes:
+    """A JSON array of the events' payloads."""
+    return _encoder.encode(events)
+
+
 def decode(payload: bytes | str) -> Event:
     return _decoder.decode(payload)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from events.codec import decode, encode, event_type
+from events.codec import decode, encode, encode_all, event_type
 from events.types import AgentRegistered, AgentRevoked, Event, ItemListed, Recorded, VoteCast
 
 
@@ -78,11 +78,12 @@ async def append(conn: psycopg.AsyncConnection, event: Event) -> tuple[int, date
     return row[0], row[1]
 
 
-# Several events in one statement, in the order given.
+# Several events in one statement, in the order given: one JSON array of their payloads, whose
+# fields fill the key columns as `_keys` does (no agent_id or item_id field gives NULL).
 _APPEND_ALL = """
 INSERT INTO events (event_type, agent_id, item_id, payload)
-SELECT t, a, i, p
-FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::jsonb[]) WITH ORDINALITY AS e(t, a, i, p, n)
+SELECT e->>'type', (e->>'agent_id')::uuid, e->>'item_id', e
+FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(e, n)
 ORDER BY n
 RETURNING position
 """
@@ -93,16 +94,7 @@ async def append_all_later(
 ) -> psycopg.AsyncCursor[Any]:
     """Send the appends of `events` as one statement without waiting for the result (for
     pipeline mode); `positions` reads their positions."""
-    keys = [_keys(event) for event in events]
-    return await conn.execute(
-        _APPEND_ALL,
-        (
-            [event_type(event) for event in events],
-            [agent_id for agent_id, _ in keys],
-            [item_id for _, item_id in keys],
-            [encode(event).decode() for event in events],
-        ),
-    )
+    return await conn.execute(_APPEND_ALL, (encode_all(events).decode(),))
 
 
 async def positions(cursor: psycopg.AsyncCursor[Any]) -> list[int]:

@@ -6,7 +6,7 @@ import psycopg
 
 from events import store
 from events.store import Checkpoint
-from events.types import ItemListed
+from events.types import AgentRegistered, AgentRevoked, Event, ItemListed, VoteCast
 
 
 def _item() -> ItemListed:
@@ -35,6 +35,45 @@ async def test_appended_events_read_back_in_order(database_url: str) -> None:
     assert [r.event for r in batch.events] == events
     assert [r.position for r in batch.events] == positions
     assert batch.complete and batch.allocated >= positions[-1]
+
+
+async def test_events_appended_in_one_statement_keep_their_order_and_keys(
+    database_url: str,
+) -> None:
+    """`append_all_later` gives each event, of any type, its position in the order given, and
+    the same key columns as a single append."""
+    agent = uuid.uuid4()
+    item = _item()
+    events: list[Event] = [
+        AgentRegistered(agent_id=agent, name="a"),
+        item,
+        *(
+            VoteCast(agent, item.item_id, "song", direction=d, previous=p)
+            for d, p in [("up", "none"), ("down", "up"), ("none", "down")]
+        ),
+        AgentRevoked(agent_id=agent),
+    ]
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as reader:
+        start = await _head(reader)
+        async with await psycopg.AsyncConnection.connect(database_url) as writer:
+            positions = await store.positions(await store.append_all_later(writer, events))
+            await writer.commit()
+        batch = await store.read_batch(reader, start, 100)
+        keys = await (
+            await reader.execute(
+                "SELECT event_type, agent_id, item_id FROM events WHERE position = ANY(%s)"
+                " ORDER BY position",
+                (positions,),
+            )
+        ).fetchall()
+    assert [r.event for r in batch.events] == events
+    assert [r.position for r in batch.events] == positions
+    assert keys == [
+        ("AgentRegistered", agent, None),
+        ("ItemListed", None, item.item_id),
+        *[("VoteCast", agent, item.item_id)] * 3,
+        ("AgentRevoked", agent, None),
+    ]
 
 
 async def test_reader_never_passes_an_open_transaction(database_url: str) -> None:
