@@ -24,7 +24,7 @@ from commands.ratelimit import RateLimiter
 from commands.vote import VOTE_PATH, VoteEndpoint, Voting, bearer
 from infra import problems
 from infra.db import pool_for
-from infra.http import EdgeMiddleware
+from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.metrics import metrics_response
 from infra.problems import Problem
 from infra.settings import Settings, get_settings
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Agents cast, change and retract votes; each change is a ledger event.",
         lifespan=lifespan,
         responses=_ERRORS,
+        telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.known = handlers.Known()

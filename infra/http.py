@@ -9,12 +9,17 @@ import time
 from typing import Any
 
 from fastapi import HTTPException
+from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from infra.problems import problem_response
 
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
+
+# Metrics go to Prometheus (infra/metrics.py). FastAPI's OpenTelemetry support would otherwise
+# look for a configured provider on every request.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 class EdgeMiddleware:

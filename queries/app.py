@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
 from infra import problems
 from infra.db import pool_for
-from infra.http import EdgeMiddleware
+from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.metrics import metrics_response
 from infra.problems import Problem
 from infra.redis_keys import generation_key, namespace
@@ -361,6 +361,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Rankings of songs and tools, read from projections of the vote ledger.",
         lifespan=lifespan,
         responses=_ERRORS,
+        telemetry=NO_TELEMETRY,
     )
     app.state.side = side
     # Added first, so it runs inside EdgeMiddleware and its answers are counted in the metrics.

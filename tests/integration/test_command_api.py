@@ -399,7 +399,9 @@ async def test_rate_limit_holds_for_concurrent_votes(
         items = [await new_item(client) for _ in range(8)]
         responses = await asyncio.gather(
             *(
-                client.post("/api/v1/vote", json={"item_id": i, "vote": "up"}, headers=agent.headers)
+                client.post(
+                    "/api/v1/vote", json={"item_id": i, "vote": "up"}, headers=agent.headers
+                )
                 for i in items
             )
         )
