@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
 from commands.handlers import Known, Outcome, VoteRequest, record_votes
 from commands.ratelimit import Decision, RateLimiter
+from infra.metrics import VOTE_BATCH, VOTE_BATCH_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class VoteBatcher:
             batch = [await self._queue.get()]
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            VOTE_BATCH.observe(len(batch))
+            started = time.perf_counter()
             try:
                 answers = await self._answer([request for request, _ in batch])
             except Exception as exc:  # the whole transaction failed: every request learns why
@@ -73,6 +77,8 @@ class VoteBatcher:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            finally:
+                VOTE_BATCH_SECONDS.observe(time.perf_counter() - started)
             for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():  # a client that went away still had its vote recorded
                     future.set_result(answer)

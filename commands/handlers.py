@@ -96,41 +96,40 @@ async def list_item(
 #
 # Votes that arrive together are recorded in one transaction: one commit, so one WAL flush, for
 # the lot (on a durable disk the flush, not the work, is what limits single-vote transactions).
-# A batch costs three round trips however large it is (pipeline mode): locks, checks and slot
-# reads; the events (their positions come back); slot updates, stored idempotent responses and
-# the COMMIT. `decide` runs in between, command by command, on the slots as each leaves them.
+# A batch costs three round trips however large it is (pipeline mode): slot locks, then the slot
+# states with their agents' revocation, idempotency claims and unknown item types; the events
+# (their positions come back); the slots' new states, stored idempotent responses and the COMMIT.
+# `decide` runs in between, command by command, on the slots as each leaves them.
 
 # Taken before anything else, in one order, and assigning no transaction id: two votes on one slot
 # get their transaction ids in the order they hold the slot, so the projectors, which read in
 # transaction-id order, see each slot's events in the order they were decided; no read model ever
-# shows a transient count (such as -1 up) that the slot never had. The fixed order (agent, item)
-# means two batches never wait for each other in a cycle.
+# shows a transient count (such as -1 up) that the slot never had. Taking them in the order of
+# their keys means two batches never wait for each other in a cycle.
 _LOCK_SLOTS = """
-SELECT pg_advisory_xact_lock(hashtext(a::text), hashtext(i))
-FROM unnest(%s::uuid[], %s::text[]) AS t(a, i) ORDER BY a, i
+SELECT pg_advisory_xact_lock(k1, k2)
+FROM unnest(%s::uuid[], %s::text[]) AS t(a, i), hashtext(a::text) AS k1, hashtext(i) AS k2
+ORDER BY k1, k2
 """
 # The key-to-agent mapping never changes and is cached; revocation is checked in every batch.
-_REVOKED = "SELECT agent_id FROM agents WHERE agent_id = ANY(%s) AND revoked_at IS NOT NULL"
+# Every write of a slot happens under its lock, so the states read after the locks are the
+# latest (each statement takes a new snapshot) and stay so until this transaction commits. A slot
+# with no row yet reads as NULLs: the empty slot.
+_SLOT_STATES = """
+SELECT t.a, t.i, s.direction, s.cast_at, s.version, s.last_position, ag.revoked_at IS NOT NULL
+FROM unnest(%s::uuid[], %s::text[]) AS t(a, i)
+JOIN agents AS ag ON ag.agent_id = t.a
+LEFT JOIN vote_slots AS s ON s.agent_id = t.a AND s.item_id = t.i
+"""
 _ITEM_TYPES = "SELECT item_id, item_type FROM items WHERE item_id = ANY(%s)"
-# The slot rows serialise the votes of one agent on one item. Creating them first (a no-op when
-# they exist, or when there is no such item) means concurrent first votes queue on the same row.
-_ENSURE_SLOTS = """
-INSERT INTO vote_slots (agent_id, item_id)
-SELECT t.a, t.i FROM unnest(%s::uuid[], %s::text[]) AS t(a, i) JOIN items ON items.item_id = t.i
-ORDER BY t.a, t.i
-ON CONFLICT DO NOTHING
-"""
-_LOCK_SLOT_ROWS = """
-SELECT agent_id, item_id, direction, cast_at, version, last_position FROM vote_slots
-WHERE (agent_id, item_id) IN (SELECT * FROM unnest(%s::uuid[], %s::text[]))
-ORDER BY agent_id, item_id
-FOR UPDATE
-"""
 # A slot's cast time is its last event's recorded time: both are now(), the transaction's start.
-_UPDATE_SLOTS = """
-UPDATE vote_slots AS s SET direction = t.d, cast_at = now(), version = t.v, last_position = t.p
+_SAVE_SLOTS = """
+INSERT INTO vote_slots AS s (agent_id, item_id, direction, cast_at, version, last_position)
+SELECT t.a, t.i, t.d, now(), t.v, t.p
 FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS t(a, i, d, v, p)
-WHERE s.agent_id = t.a AND s.item_id = t.i
+ON CONFLICT (agent_id, item_id) DO UPDATE SET
+    direction = EXCLUDED.direction, cast_at = EXCLUDED.cast_at,
+    version = EXCLUDED.version, last_position = EXCLUDED.last_position
 """
 # Claimed in the first round trip: a concurrent request with the same key blocks on its row until
 # the first commits (then replays its response) or rolls back (then acts itself).
@@ -249,8 +248,7 @@ async def record_votes(
     pool: AsyncConnectionPool, requests: list[VoteRequest], known: Known
 ) -> list[Outcome]:
     """Record a batch of votes in one transaction; one outcome per request, in order."""
-    slots = sorted({r.slot for r in requests}, key=lambda s: (str(s[0]), s[1]))
-    agents = sorted({r.command.agent_id for r in requests}, key=str)
+    slots = list({r.slot for r in requests})  # the lock statement orders them
     item_types = {
         r.command.item_id: known.item_types[r.command.item_id]
         for r in requests
@@ -262,28 +260,28 @@ async def record_votes(
     for n, r in enumerate(requests):
         if r.idempotency_key is not None:
             owners.setdefault((r.command.agent_id, r.idempotency_key), n)
-    claims = sorted(owners, key=lambda k: (str(k[0]), k[1]))
+    claims = list(owners)  # the claim statement orders them
     outcomes: list[Outcome | None] = [None] * len(requests)
     decided: list[tuple[int, VoteCast]] = []  # (request, event), in decision order
     async with pool.connection() as conn, conn.pipeline(), conn.transaction():
         await conn.execute(_LOCK_SLOTS, _columns(slots))
-        revoked_cur = await conn.execute(_REVOKED, (agents,))
         claim_cur = None
         if claims:
             hashes = [request_hash(requests[owners[k]].command) for k in claims]
             claim_cur = await conn.execute(_CLAIM_KEYS, [*_columns(claims), hashes])
         items_cur = await conn.execute(_ITEM_TYPES, (unknown_items,)) if unknown_items else None
-        await conn.execute(_ENSURE_SLOTS, _columns(slots))
-        slot_rows = await (await conn.execute(_LOCK_SLOT_ROWS, _columns(slots))).fetchall()
+        slot_rows = await (await conn.execute(_SLOT_STATES, _columns(slots))).fetchall()
         # -- round trip 1 done: everything above is answered
-        revoked = {row[0] for row in await revoked_cur.fetchall()}
+        revoked = {row[0] for row in slot_rows if row[-1]}
         claimed = {(a, k) for a, k in await claim_cur.fetchall()} if claim_cur else set()
         for item_id, item_type in await items_cur.fetchall() if items_cur else []:
             item_types[item_id] = item_type
             Known._put(known.item_types, item_id, item_type, known.size)
         replays = await _replays(conn, [k for k in claims if k not in claimed])
         state = {
-            (a, i): (Slot(direction=d, cast_at=c, version=v), p) for a, i, d, c, v, p in slot_rows
+            (a, i): (Slot(direction=d, cast_at=c, version=v), p)
+            for a, i, d, c, v, p, _ in slot_rows
+            if d is not None
         }
         for n, r in enumerate(requests):
             key = (r.command.agent_id, r.idempotency_key or "")
@@ -307,7 +305,7 @@ async def record_votes(
         if last_position:
             changed = [(s, state[s][0], p) for s, p in last_position.items()]
             await conn.execute(
-                _UPDATE_SLOTS,
+                _SAVE_SLOTS,
                 (
                     [s[0] for s, _, _ in changed], [s[1] for s, _, _ in changed],
                     [slot.direction for _, slot, _ in changed],

@@ -15,6 +15,16 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 EVENTS_APPENDED = Counter("voteledger_events_appended_total", "Events appended", ["type"])
+VOTE_BATCH = Histogram(
+    "voteledger_vote_batch_size",
+    "Vote requests that shared one rate-limit check and one transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+VOTE_BATCH_SECONDS = Histogram(
+    "voteledger_vote_batch_seconds",
+    "Time to answer a batch of votes: rate limit, transaction and commit",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 RATE_LIMITED = Counter("voteledger_rate_limited_total", "Vote requests refused by the rate limit")
 RATE_LIMIT_FALLBACK = Counter(
     "voteledger_rate_limit_fallback_total",
