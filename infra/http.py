@@ -27,6 +27,8 @@ class EdgeMiddleware:
         self.app = app
         self.name = name
         self.max_body_bytes = max_body_bytes
+        # Bounded by the routes, methods and statuses there are: unmatched paths share one label.
+        self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,8 +52,21 @@ class EdgeMiddleware:
             await self.app(scope, self._limited(receive), send_wrapper)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_REQUESTS.labels(self.name, route, method, str(status)).inc()
-            HTTP_LATENCY.labels(self.name, route).observe(time.perf_counter() - started)
+            count, latency = self._series(route, method, status)
+            count.inc()
+            latency.observe(time.perf_counter() - started)
+
+    def _series(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The labelled metrics of one kind of request, looked up once (labels() is not free)."""
+        key = (route, method, status)
+        series = self._labelled.get(key)
+        if series is None:
+            series = (
+                HTTP_REQUESTS.labels(self.name, route, method, str(status)),
+                HTTP_LATENCY.labels(self.name, route),
+            )
+            self._labelled[key] = series
+        return series
 
     def _too_large(self) -> Any:
         return problem_response(
