@@ -22,7 +22,7 @@ from commands.models import AgentIn, AgentOut, ItemIn, ItemOut
 from commands.models import Problem as ProblemModel
 from commands.ratelimit import RateLimiter
 from commands.vote import VOTE_PATH, VoteEndpoint, Voting, bearer
-from infra import problems
+from infra import heap, problems
 from infra.db import pool_for
 from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.metrics import metrics_response
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.voting = voting = Voting(pool, app.state.known, app.state.limiter)
         voting.batcher.start()
         purger = asyncio.create_task(_purge_keys_forever(pool, settings.idempotency_ttl_seconds))
+        heap.settle()
         try:
             yield
         finally:

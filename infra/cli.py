@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from infra import catalogue, partitions
+from infra import catalogue, heap, partitions
 from infra.db import pool_for
 from infra.migrate import MigrationError, migrate
 from infra.settings import Settings, SettingsError, get_settings
@@ -42,10 +42,7 @@ def _tune_gc_for_bulk_work() -> None:
     """Fewer cyclic-GC passes: replays allocate millions of short-lived, cycle-free objects, and
     with the default thresholds the collector rescans them over and over (measured: about 30%
     of a 1M-event fold)."""
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    heap.settle(young=100_000, middle=50, old=100)
 
 
 def _settings() -> Settings:

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
-from infra import problems
+from infra import heap, problems
 from infra.db import pool_for
 from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.metrics import metrics_response
@@ -350,6 +350,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await side.start()
+        heap.settle()
         try:
             yield
         finally:
