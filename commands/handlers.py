@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +109,7 @@ async def list_item(
 # their keys means two batches never wait for each other in a cycle.
 _LOCK_SLOTS = """
 SELECT pg_advisory_xact_lock(k1, k2)
-FROM unnest(%s::uuid[], %s::text[]) AS t(a, i), hashtext(a::text) AS k1, hashtext(i) AS k2
+FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, i text), hashtext(a::text) AS k1, hashtext(i) AS k2
 ORDER BY k1, k2
 """
 # The key-to-agent mapping never changes and is cached; revocation is checked in every batch.
@@ -117,7 +118,7 @@ ORDER BY k1, k2
 # with no row yet reads as NULLs: the empty slot.
 _SLOT_STATES = """
 SELECT t.a, t.i, s.direction, s.cast_at, s.version, s.last_position, ag.revoked_at IS NOT NULL
-FROM unnest(%s::uuid[], %s::text[]) AS t(a, i)
+FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, i text)
 JOIN agents AS ag ON ag.agent_id = t.a
 LEFT JOIN vote_slots AS s ON s.agent_id = t.a AND s.item_id = t.i
 """
@@ -126,7 +127,7 @@ _ITEM_TYPES = "SELECT item_id, item_type FROM items WHERE item_id = ANY(%s)"
 _SAVE_SLOTS = """
 INSERT INTO vote_slots AS s (agent_id, item_id, direction, cast_at, version, last_position)
 SELECT t.a, t.i, t.d, now(), t.v, t.p
-FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS t(a, i, d, v, p)
+FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, i text, d text, v bigint, p bigint)
 ON CONFLICT (agent_id, item_id) DO UPDATE SET
     direction = EXCLUDED.direction, cast_at = EXCLUDED.cast_at,
     version = EXCLUDED.version, last_position = EXCLUDED.last_position
@@ -135,21 +136,22 @@ ON CONFLICT (agent_id, item_id) DO UPDATE SET
 # the first commits (then replays its response) or rolls back (then acts itself).
 _CLAIM_KEYS = """
 INSERT INTO idempotency_keys (agent_id, key, request_hash)
-SELECT * FROM unnest(%s::uuid[], %s::text[], %s::bytea[]) ORDER BY 1, 2
+SELECT t.a, t.k, decode(t.h, 'base64')
+FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, k text, h text) ORDER BY 1, 2
 ON CONFLICT DO NOTHING RETURNING agent_id, key
 """
 _STORED_KEYS = """
 SELECT k.agent_id, k.key, k.request_hash, k.status, k.response FROM idempotency_keys AS k
-JOIN unnest(%s::uuid[], %s::text[]) AS t(a, key) ON k.agent_id = t.a AND k.key = t.key
+JOIN jsonb_to_recordset(%s::jsonb) AS t(a uuid, k text) ON k.agent_id = t.a AND k.key = t.k
 """
 _STORE_RESPONSES = """
-UPDATE idempotency_keys AS k SET status = t.status, response = t.response
-FROM unnest(%s::uuid[], %s::text[], %s::smallint[], %s::bytea[]) AS t(a, key, status, response)
-WHERE k.agent_id = t.a AND k.key = t.key
+UPDATE idempotency_keys AS k SET status = t.s, response = decode(t.r, 'base64')
+FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, k text, s smallint, r text)
+WHERE k.agent_id = t.a AND k.key = t.k
 """
 _RELEASE_KEYS = """
-DELETE FROM idempotency_keys AS k USING unnest(%s::uuid[], %s::text[]) AS t(a, key)
-WHERE k.agent_id = t.a AND k.key = t.key
+DELETE FROM idempotency_keys AS k USING jsonb_to_recordset(%s::jsonb) AS t(a uuid, k text)
+WHERE k.agent_id = t.a AND k.key = t.k
 """
 _PURGE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %s)"
 
@@ -240,8 +242,14 @@ async def cast_vote(
     return outcome
 
 
-def _columns(pairs: list[tuple[Any, ...]]) -> list[list[Any]]:
-    return [list(column) for column in zip(*pairs, strict=True)] if pairs else [[], []]
+_encoder = msgspec.json.Encoder()
+
+
+def _rows(names: str, rows: Iterable[tuple[Any, ...]]) -> tuple[str]:
+    """A batch's rows as the one JSON parameter of a statement (read with jsonb_to_recordset):
+    psycopg dumps a Python list element by element, msgspec encodes the lot in C. Each column is
+    named by one letter of `names`; bytes become base64."""
+    return (_encoder.encode([dict(zip(names, row, strict=True)) for row in rows]).decode(),)
 
 
 async def record_votes(
@@ -264,13 +272,13 @@ async def record_votes(
     outcomes: list[Outcome | None] = [None] * len(requests)
     decided: list[tuple[int, VoteCast]] = []  # (request, event), in decision order
     async with pool.connection() as conn, conn.pipeline(), conn.transaction():
-        await conn.execute(_LOCK_SLOTS, _columns(slots))
+        await conn.execute(_LOCK_SLOTS, _rows("ai", slots))
         claim_cur = None
         if claims:
-            hashes = [request_hash(requests[owners[k]].command) for k in claims]
-            claim_cur = await conn.execute(_CLAIM_KEYS, [*_columns(claims), hashes])
+            hashed = [(a, k, request_hash(requests[owners[a, k]].command)) for a, k in claims]
+            claim_cur = await conn.execute(_CLAIM_KEYS, _rows("akh", hashed))
         items_cur = await conn.execute(_ITEM_TYPES, (unknown_items,)) if unknown_items else None
-        slot_rows = await (await conn.execute(_SLOT_STATES, _columns(slots))).fetchall()
+        slot_rows = await (await conn.execute(_SLOT_STATES, _rows("ai", slots))).fetchall()
         # -- round trip 1 done: everything above is answered
         revoked = {row[0] for row in slot_rows if row[-1]}
         claimed = {(a, k) for a, k in await claim_cur.fetchall()} if claim_cur else set()
@@ -303,15 +311,11 @@ async def record_votes(
             last_position[requests[n].slot] = position
             outcomes[n] = _reply(requests[n].command, event.previous, True, position)
         if last_position:
-            changed = [(s, state[s][0], p) for s, p in last_position.items()]
-            await conn.execute(
-                _SAVE_SLOTS,
-                (
-                    [s[0] for s, _, _ in changed], [s[1] for s, _, _ in changed],
-                    [slot.direction for _, slot, _ in changed],
-                    [slot.version for _, slot, _ in changed], [p for _, _, p in changed],
-                ),
-            )  # fmt: skip
+            saved = [
+                (a, i, state[a, i][0].direction, state[a, i][0].version, p)
+                for (a, i), p in last_position.items()
+            ]
+            await conn.execute(_SAVE_SLOTS, _rows("aidvp", saved))
         stored = [
             (k, outcomes[n]) for k, n in owners.items()
             if k in claimed and isinstance(outcomes[n], Reply)
@@ -319,15 +323,10 @@ async def record_votes(
         # A refused request leaves its key free, as if it had never been made.
         released = [k for k, n in owners.items() if k in claimed and k not in dict(stored)]
         if released:
-            await conn.execute(_RELEASE_KEYS, _columns(released))
+            await conn.execute(_RELEASE_KEYS, _rows("ak", released))
         if stored:
-            await conn.execute(
-                _STORE_RESPONSES,
-                (
-                    [k[0] for k, _ in stored], [k[1] for k, _ in stored],
-                    [o.status for _, o in stored], [o.body for _, o in stored],  # type: ignore[union-attr]
-                ),
-            )  # fmt: skip
+            responses = [(a, k, o.status, o.body) for (a, k), o in stored]  # type: ignore[union-attr]
+            await conn.execute(_STORE_RESPONSES, _rows("aksr", responses))
         # -- leaving the transaction sends the COMMIT: round trip 3
     for n, r in enumerate(requests):
         if outcomes[n] is None:  # a repeat of an idempotency key within the batch
@@ -372,7 +371,7 @@ async def _replays(
     """The stored (request hash, status, body) of keys another request has already used."""
     if not keys:
         return {}
-    rows = await (await conn.execute(_STORED_KEYS, _columns(keys))).fetchall()
+    rows = await (await conn.execute(_STORED_KEYS, _rows("ak", keys))).fetchall()
     return {(a, k): (bytes(h), status, bytes(body)) for a, k, h, status, body in rows}
 
 
