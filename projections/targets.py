@@ -21,7 +21,7 @@ from psycopg import sql
 
 from events.store import Checkpoint
 from infra.redis_keys import generation_key, namespace
-from projections.model import Changes, rescale_factor
+from projections.model import Changes, DayTotals, rescale_factor
 
 log = logging.getLogger("voteledger.projections")
 
@@ -90,11 +90,12 @@ _PG_RESCALE = "UPDATE {schema}.items SET trend = trend * %s WHERE trend <> 0"
 _PG_ITEMS = """
 INSERT INTO {schema}.items AS i (item_id, item_type, title, listed_at, up, down, net, wilson,
                                  trend, first_vote_at, last_vote_at)
-SELECT c.item_id, c.item_type, coalesce(c.title, ''), c.listed_at, c.up, c.down, c.up - c.down,
+SELECT e.item_id, c.item_type, coalesce(c.title, ''), c.listed_at, c.up, c.down, c.up - c.down,
        wilson_lower_bound(c.up, c.down), c.trend, c.first_vote_at, c.last_vote_at
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::bigint[], %s::bigint[],
-            %s::float8[], %s::timestamptz[], %s::timestamptz[])
-     AS c(item_id, item_type, title, listed_at, up, down, trend, first_vote_at, last_vote_at)
+FROM jsonb_each(%s::jsonb) AS e(item_id, totals),
+     jsonb_to_record(e.totals) AS c(item_type text, title text, listed_at timestamptz, up bigint,
+                                    down bigint, trend float8, first_vote_at timestamptz,
+                                    last_vote_at timestamptz)
 ON CONFLICT (item_id) DO UPDATE SET
     item_type = excluded.item_type,
     title = CASE WHEN excluded.listed_at IS NULL THEN i.title ELSE excluded.title END,
@@ -109,12 +110,19 @@ ON CONFLICT (item_id) DO UPDATE SET
 """
 _PG_DAYS = """
 INSERT INTO {schema}.daily AS d (day, item_id, item_type, up, down, net)
-SELECT c.day, c.item_id, c.item_type, c.up, c.down, c.up - c.down
-FROM unnest(%s::date[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])
-     AS c(day, item_id, item_type, up, down)
+SELECT d.day::date, e.item_id, c.item_type, c.up, c.down, c.up - c.down
+FROM jsonb_each(%s::jsonb) AS d(day, items), jsonb_each(d.items) AS e(item_id, totals),
+     jsonb_to_record(e.totals) AS c(item_type text, up bigint, down bigint)
 ON CONFLICT (day, item_id) DO UPDATE SET
     up = d.up + excluded.up, down = d.down + excluded.down, net = d.net + excluded.net
 """
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json(value: object) -> str:
+    return _encoder.encode(value).decode()
 
 
 class PostgresTarget:
@@ -166,36 +174,15 @@ class PostgresTarget:
             if state.epoch is not None and epoch is not None and epoch != state.epoch:
                 factor = rescale_factor(state.epoch, epoch, half_life)
                 await self.conn.execute(self._sql["rescale"], (factor,))
+            # Each as one JSON parameter, encoded by msgspec in C: psycopg would dump Python
+            # lists element by element.
             if changes.items:
-                ids = list(changes.items)
-                rows = [changes.items[i] for i in ids]
-                await self.conn.execute(
-                    self._sql["items"],
-                    (
-                        ids,
-                        [r.item_type for r in rows],
-                        [r.title for r in rows],
-                        [r.listed_at for r in rows],
-                        [r.up for r in rows],
-                        [r.down for r in rows],
-                        [r.trend for r in rows],
-                        [r.first_vote_at for r in rows],
-                        [r.last_vote_at for r in rows],
-                    ),
-                )
+                await self.conn.execute(self._sql["items"], (_json(changes.items),))
             if changes.days:
-                keys = list(changes.days)
-                days = [changes.days[k] for k in keys]
-                await self.conn.execute(
-                    self._sql["days"],
-                    (
-                        [k[0] for k in keys],
-                        [k[1] for k in keys],
-                        [d.item_type for d in days],
-                        [d.up for d in days],
-                        [d.down for d in days],
-                    ),
-                )
+                by_day: dict[str, dict[str, DayTotals]] = {}
+                for (day, item_id), totals in changes.days.items():
+                    by_day.setdefault(day.isoformat(), {})[item_id] = totals
+                await self.conn.execute(self._sql["days"], (_json(by_day),))
         return _advanced(state, step)
 
 
