@@ -23,7 +23,8 @@ from infra import metrics as m
 from infra.redis_keys import generation_key
 from infra.settings import Settings
 from projections.lease import Lease, LeaseLost
-from projections.model import Changes, choose_epoch, fold
+from projections.model import Changes, choose_epoch
+from projections.shared import Read, SharedReads
 from projections.targets import Fenced, PostgresTarget, RedisTarget, State, Step, Target
 from projections.watermark import Watermark
 
@@ -49,10 +50,13 @@ def next_batch_size(size: int, batch: Batch, low: int, high: int) -> int:
 
 
 class ProjectionRunner:
-    def __init__(self, settings: Settings, name: str, stop: asyncio.Event) -> None:
+    def __init__(
+        self, settings: Settings, name: str, stop: asyncio.Event, reads: SharedReads | None = None
+    ) -> None:
         self.settings = settings
         self.name = name
         self.stop = stop
+        self.reads = reads or SharedReads(share=False)
         self.conninfo = settings.url_for("projector")
         self.half_life = settings.trending_half_life_seconds
 
@@ -142,10 +146,11 @@ class ProjectionRunner:
         last_event_at: datetime | None = None
         next_generation_check = time.monotonic() + _GENERATION_CHECK
         while not self.stop.is_set():
-            batch = await store.read_batch(reader, state.checkpoint, size)
+            read = await self.reads.read(reader, state.checkpoint, size)
+            batch = read.batch
             watermark = tracker.observe(batch)
             if batch.events or watermark != state.watermark:
-                state = await self._apply(target, state, batch, watermark, lease.fence)
+                state = await self._apply(target, state, read, watermark, lease.fence)
                 quiet_polls = 0
                 if batch.events:
                     last_event_at = batch.events[-1].recorded_at
@@ -182,13 +187,14 @@ class ProjectionRunner:
             await self._wait(listener, wait)
 
     async def _apply(
-        self, target: Target, state: State, batch: Batch, watermark: int, fence: int
+        self, target: Target, state: State, read: Read, watermark: int, fence: int
     ) -> State:
+        batch = read.batch
         epoch = choose_epoch(state.epoch, batch.events, self.half_life)
         changes = Changes(epoch)
         if batch.events:
             assert epoch is not None  # choose_epoch always has one for a non-empty batch
-            changes = fold(batch.events, epoch, self.half_life)
+            changes = read.fold(epoch, self.half_life)
         step = Step(
             changes,
             batch.checkpoint or state.checkpoint,
@@ -226,11 +232,15 @@ async def maintain_partitions(settings: Settings, stop: asyncio.Event) -> None:
 
 
 async def run_worker(
-    settings: Settings, stop: asyncio.Event, projections: tuple[str, ...] = PROJECTIONS
+    settings: Settings,
+    stop: asyncio.Event,
+    projections: tuple[str, ...] = PROJECTIONS,
+    reads: SharedReads | None = None,
 ) -> None:
     """Run the given projections (each under its own lease) until `stop` is set."""
+    reads = reads or SharedReads(share=len(projections) > 1)
     tasks = [
-        asyncio.create_task(ProjectionRunner(settings, name, stop).run(), name=name)
+        asyncio.create_task(ProjectionRunner(settings, name, stop, reads).run(), name=name)
         for name in projections
     ]
     tasks.append(asyncio.create_task(maintain_partitions(settings, stop), name="partitions"))

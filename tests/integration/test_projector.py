@@ -21,6 +21,7 @@ from infra.redis_keys import namespace as redis_namespace
 from infra.settings import Settings
 from projections.model import Changes, fold
 from projections.runner import run_worker
+from projections.shared import SharedReads
 from projections.targets import Fenced, PostgresTarget, RedisTarget, State, Step
 from tests.integration.projection_support import (
     assert_read_models_match_ledger,
@@ -57,6 +58,24 @@ async def test_gap_proof(isolated: Settings, seed: int) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(worker, 30)
+
+
+async def test_both_projections_share_one_read_while_catching_up(isolated: Settings) -> None:
+    """Catching up from the start, the two projections of one worker read and fold each batch
+    once between them, and both end equal to an independent fold of the ledger."""
+    async with command_pool(isolated) as pool:
+        _, items = await populate(pool, agents=2, items=40)
+    await _bulk_votes(isolated.database_url, items, agents=50, count=30_000, seed=7)
+    reads = SharedReads(share=True)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(isolated, stop, reads=reads))
+    try:
+        await wait_caught_up(isolated, worker=worker)
+        await assert_read_models_match_ledger(isolated)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+    assert reads.shared >= 3
 
 
 async def _bulk_votes(url: str, items: list[str], agents: int, count: int, seed: int) -> None:
