@@ -222,8 +222,10 @@ def verify_command(
 
     import redis.asyncio as aioredis
 
+    from events.store import Checkpoint
     from infra.redis_keys import generation_key
     from projections import verify
+    from projections.model import Changes
 
     settings = _settings()
     names = _projections(projection)
@@ -232,6 +234,8 @@ def verify_command(
 
     async def run() -> list[verify.Outcome]:
         outcomes = []
+        # Stores standing at the same checkpoint (a quiet ledger) are checked against one fold.
+        folds: dict[Checkpoint, Changes] = {}
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=30)
         try:
             async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
@@ -240,7 +244,7 @@ def verify_command(
             if "postgres" in names:
                 outcomes.append(
                     await verify.check_postgres(
-                        settings.database_url, pg_generation, half_life, limit
+                        settings.database_url, pg_generation, half_life, limit, folds
                     )
                 )
             if "redis" in names:
@@ -254,6 +258,7 @@ def verify_command(
                         half_life,
                         settings.daily_retention_days,
                         limit,
+                        folds,
                     )
                 )
         finally:
