@@ -174,11 +174,25 @@ SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0), pg_current_xa
 """
 
 
+async def configure_reader(conn: psycopg.AsyncConnection) -> None:
+    """Session settings for a connection that reads batches with `read_batch`."""
+    await conn.execute("SET TIME ZONE 'UTC'")
+    # Each read takes a transaction id (see _LAST_ALLOCATED): nothing to make durable.
+    await conn.execute("SET synchronous_commit = off")
+    # A batch must come from the (tx_id, position) indexes in order (a Merge Append over the
+    # partitions). After a bulk load in one transaction every row has the same tx_id; estimating
+    # the row comparison by that column alone, the planner then expects one row and sorts
+    # instead: all of the rest of the ledger, on disk, for every batch (measured after a VACUUM
+    # ANALYZE of 1M seeded events: 535 ms a batch of 20,000 instead of 11 ms). With sorts off the
+    # ordered index scans are the plan left; no other statement of a reader sorts.
+    await conn.execute("SET enable_sort = off")
+
+
 async def read_batch(conn: psycopg.AsyncConnection, after: Checkpoint, limit: int) -> Batch:
     """Read up to `limit` events after `after` in gap-safe order.
 
-    Run on an autocommit connection: the two statements must see two snapshots, the second taken
-    after the first (see Batch).
+    Run on an autocommit connection set up with `configure_reader`: the two statements must see
+    two snapshots, the second taken after the first (see Batch).
     """
     cur = await conn.execute(_LAST_ALLOCATED)
     row = await cur.fetchone()

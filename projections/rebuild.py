@@ -409,19 +409,24 @@ async def rebuild(
                 await conn.execute("SET synchronous_commit = off")
                 return conn
 
+            async def reader() -> psycopg.AsyncConnection:
+                conn = await connection()
+                await store.configure_reader(conn)
+                return conn
+
             await stack.enter_async_context(_rebuild_lock(await connection()))
             started = time.perf_counter()
-            folded = await _fold_ledger(await connection(), half_life, progress)
+            folded = await _fold_ledger(await reader(), half_life, progress)
             # The stores are independent: write, check, catch up and switch them side by side.
             jobs = []
             if "postgres" in projections:
                 owner = await connection()
                 store_pg = PostgresStore(owner, settings.database_url)
-                jobs.append(_rebuild_one(store_pg, folded, await connection(), half_life,
+                jobs.append(_rebuild_one(store_pg, folded, await reader(), half_life,
                                          progress, started))  # fmt: skip
             if "redis" in projections:
                 store_redis = RedisStore(client, await connection(), settings)
-                jobs.append(_rebuild_one(store_redis, folded, await connection(), half_life,
+                jobs.append(_rebuild_one(store_redis, folded, await reader(), half_life,
                                          progress, started))  # fmt: skip
             return list(await asyncio.gather(*jobs))
     finally:

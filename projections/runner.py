@@ -93,9 +93,7 @@ class ProjectionRunner:
             listener = await stack.enter_async_context(
                 await connect(self.conninfo, autocommit=True)
             )
-            await reader.execute("SET TIME ZONE 'UTC'")
-            # Each read takes a transaction id (see events.store): nothing to make durable.
-            await reader.execute("SET synchronous_commit = off")
+            await store.configure_reader(reader)
             await listener.execute("LISTEN voteledger_events")
             target: Target
             if self.name == "postgres":

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import psycopg
 
 from events import store
 from events.store import Checkpoint
 from events.types import AgentRegistered, AgentRevoked, Event, ItemListed, VoteCast
+from infra.settings import Settings
 
 
 def _item() -> ItemListed:
@@ -74,6 +76,42 @@ async def test_events_appended_in_one_statement_keep_their_order_and_keys(
         *[("VoteCast", agent, item.item_id)] * 3,
         ("AgentRevoked", agent, None),
     ]
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[str]:
+    return [plan["Node Type"]] + [n for p in plan.get("Plans", []) for n in _plan_nodes(p)]
+
+
+async def test_reader_reads_in_index_order_after_a_bulk_load(isolated: Settings) -> None:
+    """After a bulk load in one transaction and an ANALYZE, the planner expects the batch query
+    to match almost nothing and would sort the rest of the ledger for every batch; a configured
+    reader gets the ordered index scans instead, and still the right batch."""
+    url = isolated.database_url
+    events = [(_item(), None) for _ in range(20_000)]
+    async with await psycopg.AsyncConnection.connect(url) as writer:
+        await store.append_many(writer, events)
+        await writer.commit()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("ANALYZE events")
+        row = await (
+            await conn.execute(
+                "SELECT tx_id::text, position FROM events ORDER BY position LIMIT 1 OFFSET 9999"
+            )
+        ).fetchone()
+        assert row is not None
+        middle = Checkpoint(int(row[0]), row[1])
+        params = {"tx_id": str(middle.tx_id), "position": middle.position, "limit": 1000}
+        explain = "EXPLAIN (FORMAT JSON) " + store._READ_BATCH
+        plain = await (await conn.execute(explain, params)).fetchone()
+        await store.configure_reader(conn)
+        configured = await (await conn.execute(explain, params)).fetchone()
+        batch = await store.read_batch(conn, middle, 1000)
+    assert plain is not None and configured is not None
+    assert "Sort" in _plan_nodes(plain[0][0]["Plan"])  # the trap this guards against
+    assert "Sort" not in _plan_nodes(configured[0][0]["Plan"])
+    assert [r.position for r in batch.events] == list(
+        range(middle.position + 1, middle.position + 1001)
+    )
 
 
 async def test_reader_never_passes_an_open_transaction(database_url: str) -> None:
