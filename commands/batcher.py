@@ -71,20 +71,26 @@ class VoteBatcher:
             VOTE_BATCH.observe(len(batch))
             started = time.perf_counter()
             try:
-                answers = await self._answer([request for request, _ in batch])
+                await self._answer(batch)
             except Exception as exc:  # the whole transaction failed: every request learns why
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
-                continue
             finally:
                 VOTE_BATCH_SECONDS.observe(time.perf_counter() - started)
-            for (_, future), answer in zip(batch, answers, strict=True):
-                if not future.done():  # a client that went away still had its vote recorded
-                    future.set_result(answer)
 
-    async def _answer(self, batch: list[VoteRequest]) -> list[Answer]:
-        decisions = await self.limiter.check_many([str(r.command.agent_id) for r in batch])
-        admitted = [r for r, decision in zip(batch, decisions, strict=True) if decision.allowed]
-        outcomes = iter(await record_votes(self.pool, admitted, self.known) if admitted else [])
-        return [Answer(d, next(outcomes) if d.allowed else None) for d in decisions]
+    async def _answer(self, batch: list[tuple[VoteRequest, asyncio.Future[Answer]]]) -> None:
+        agents = [str(request.command.agent_id) for request, _ in batch]
+        decisions = await self.limiter.check_many(agents)
+        admitted = []
+        for (request, future), decision in zip(batch, decisions, strict=True):
+            if decision.allowed:
+                admitted.append((request, future, decision))
+            elif not future.done():  # refused now: it waits for no transaction
+                future.set_result(Answer(decision, None))
+        if not admitted:
+            return
+        outcomes = await record_votes(self.pool, [r for r, _, _ in admitted], self.known)
+        for (_, future, decision), outcome in zip(admitted, outcomes, strict=True):
+            if not future.done():  # a client that went away still had its vote recorded
+                future.set_result(Answer(decision, outcome))

@@ -97,7 +97,8 @@ async def list_item(
 #
 # Votes that arrive together are recorded in one transaction: one commit, so one WAL flush, for
 # the lot (on a durable disk the flush, not the work, is what limits single-vote transactions).
-# A batch costs three round trips however large it is (pipeline mode): slot locks, then the slot
+# A batch costs three round trips however large it is (pipeline mode; a fourth when a request
+# reuses an idempotency key, to read the stored response): slot locks, then the slot
 # states with their agents' revocation, idempotency claims and unknown item types; the events
 # (their positions come back); the slots' new states, stored idempotent responses and the COMMIT.
 # `decide` runs in between, command by command, on the slots as each leaves them.
@@ -106,7 +107,8 @@ async def list_item(
 # get their transaction ids in the order they hold the slot, so the projectors, which read in
 # transaction-id order, see each slot's events in the order they were decided; no read model ever
 # shows a transient count (such as -1 up) that the slot never had. Taking them in the order of
-# their keys means two batches never wait for each other in a cycle.
+# their keys means two batches never wait for each other in a cycle: PostgreSQL evaluates a
+# volatile function of the select list after the ORDER BY's sort, row by row in sorted order.
 _LOCK_SLOTS = """
 SELECT pg_advisory_xact_lock(k1, k2)
 FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, i text), hashtext(a::text) AS k1, hashtext(i) AS k2

@@ -118,10 +118,12 @@ class VoteEndpoint:
             return
         scope["route"] = self.route
         authorization = idempotency_key = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
+        for name, value in scope[
+            "headers"
+        ]:  # the first of a repeated header counts, as in Starlette
+            if name == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-            elif name == b"idempotency-key":
+            elif name == b"idempotency-key" and idempotency_key is None:
                 idempotency_key = value.decode("latin-1")
         try:
             chunks = []

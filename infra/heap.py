@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 
 
-def settle(young: int = 20_000, middle: int = 50, old: int = 1000) -> None:
+def settle(young: int = 20_000, middle: int = 50, old: int = 10) -> None:
     """Freeze what exists now and collect the generations this often (allocations, passes)."""
     gc.collect()
     gc.freeze()

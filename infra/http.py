@@ -16,6 +16,7 @@ from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from infra.problems import problem_response
 
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 # Metrics go to Prometheus (infra/metrics.py). FastAPI's OpenTelemetry support would otherwise
 # look for a configured provider on every request.
@@ -27,7 +28,7 @@ class EdgeMiddleware:
         self.app = app
         self.name = name
         self.max_body_bytes = max_body_bytes
-        # Bounded by the routes, methods and statuses there are: unmatched paths share one label.
+        # Bounded: routes and statuses are the app's, methods a fixed few, unmatched paths one.
         self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -36,7 +37,8 @@ class EdgeMiddleware:
             return
         started = time.perf_counter()
         status = 500
-        method = scope["method"]
+        # Clients choose the method: any other than these shares one label, so series stay few.
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status

@@ -50,22 +50,26 @@ class SharedReads:
         # By the checkpoint each batch starts after, in the order they were read; a read still
         # under way is here too, so two projections at one checkpoint never both read it.
         self._kept: dict[Checkpoint, asyncio.Future[Read]] = {}
-        self._taken = asyncio.Condition()
+        self._room = asyncio.Event()  # set when a kept read is taken or the kept ones dropped
         self._paused_until = 0.0
         self.shared = 0  # batches taken from here instead of read
 
     async def read(self, conn: psycopg.AsyncConnection, after: Checkpoint, limit: int) -> Read:
         if after in self._kept:
-            return await self._take(after)
+            kept = self._take(after)
+            try:
+                # Shielded: this projection being cancelled must not cancel the other's read.
+                return await asyncio.shield(kept)
+            except Exception:  # the other's read failed: this projection reads for itself
+                return Read(await store.read_batch(conn, after, limit))
         if self._sharing() and len(self._kept) >= self.depth:
-            async with self._taken:
-                try:
-                    await asyncio.wait_for(
-                        self._taken.wait_for(lambda: len(self._kept) < self.depth), self.patience
-                    )
-                except TimeoutError:  # the other is not following: each reads alone for a while
-                    self._kept.clear()
-                    self._paused_until = time.monotonic() + self.pause
+            try:
+                async with asyncio.timeout(self.patience):
+                    while len(self._kept) >= self.depth:
+                        self._room.clear()
+                        await self._room.wait()
+            except TimeoutError:  # the other is not following: each reads alone for a while
+                self._stop_sharing(self.pause)
         if not self._sharing():
             return Read(await store.read_batch(conn, after, limit))
         future: asyncio.Future[Read] = asyncio.get_running_loop().create_future()
@@ -75,27 +79,32 @@ class SharedReads:
         except BaseException as exc:
             if self._kept.get(after) is future:
                 del self._kept[after]
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
+            if not future.done():
+                # Never a cancellation: the other projection was not cancelled, it reads itself.
+                future.set_exception(RuntimeError(f"the shared read failed: {exc!r}"))
                 future.exception()  # marked as retrieved: a follower may never come for it
             raise
-        future.set_result(read)
-        if read.batch.complete and self._kept.get(after) is future:
-            del self._kept[after]  # live: the other reads the newest state itself
+        if not future.done():
+            future.set_result(read)
+        if read.batch.complete:
+            # Live now: whatever is kept is stale, and the other reads the newest state itself.
+            self._stop_sharing(0.0)
         return read
 
-    async def _take(self, after: Checkpoint) -> Read:
-        # Batches kept before this one start at checkpoints both projections have passed.
-        for checkpoint in list(self._kept):
-            future = self._kept.pop(checkpoint)
-            if checkpoint == after:
-                break
-        async with self._taken:
-            self._taken.notify_all()
+    def _take(self, after: Checkpoint) -> asyncio.Future[Read]:
+        """The read kept for `after`; kept reads of earlier checkpoints are dropped: both
+        projections have passed them."""
+        future = self._kept.pop(after)
+        for checkpoint in [c for c in self._kept if c <= after]:
+            del self._kept[checkpoint]
         self.shared += 1
-        return await future
+        self._room.set()
+        return future
+
+    def _stop_sharing(self, seconds: float) -> None:
+        self._kept.clear()
+        self._paused_until = time.monotonic() + seconds
+        self._room.set()
 
     def _sharing(self) -> bool:
         return self.share and time.monotonic() >= self._paused_until

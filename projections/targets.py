@@ -110,8 +110,8 @@ ON CONFLICT (item_id) DO UPDATE SET
 """
 _PG_DAYS = """
 INSERT INTO {schema}.daily AS d (day, item_id, item_type, up, down, net)
-SELECT d.day::date, e.item_id, c.item_type, c.up, c.down, c.up - c.down
-FROM jsonb_each(%s::jsonb) AS d(day, items), jsonb_each(d.items) AS e(item_id, totals),
+SELECT byday.day::date, e.item_id, c.item_type, c.up, c.down, c.up - c.down
+FROM jsonb_each(%s::jsonb) AS byday(day, items), jsonb_each(byday.items) AS e(item_id, totals),
      jsonb_to_record(e.totals) AS c(item_type text, up bigint, down bigint)
 ON CONFLICT (day, item_id) DO UPDATE SET
     up = d.up + excluded.up, down = d.down + excluded.down, net = d.net + excluded.net
