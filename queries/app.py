@@ -169,9 +169,18 @@ class ReadSide:
     def redis_usable(self) -> bool:
         return self.redis_live and time.monotonic() >= self._redis_down_until
 
-    async def wait_for_change(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+    async def wait_for_position(self, position: int, seconds: float) -> None:
+        """Until the projector's notices report `position` in Redis, or `seconds` have passed.
+
+        Waiters read Redis again only then, not at every notice: with many requests waiting, a
+        read each per notice saturated the process (1,000 reads/s waiting at 1,000 votes/s)."""
+        deadline = time.monotonic() + seconds
+        while self.redis_position < position:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -407,13 +416,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         slug="not-yet",
                         headers={"Retry-After": "1", "X-Ledger-Position": str(entry.position)},
                     )
-                remaining = deadline - now
+                remaining, wanted = deadline - now, min_position
             elif entry.position < side.served and now - started < _FLOOR_WAIT:
-                remaining = _FLOOR_WAIT - (now - started)
+                remaining, wanted = _FLOOR_WAIT - (now - started), side.served
             else:
                 break
             if source == "redis":
-                await side.wait_for_change(min(remaining, 0.5))
+                await side.wait_for_position(wanted, min(remaining, 0.5))
             else:
                 await asyncio.sleep(min(remaining, 0.025))
         side.served = max(side.served, entry.position)
