@@ -118,9 +118,8 @@ class VoteEndpoint:
             return
         scope["route"] = self.route
         authorization = idempotency_key = None
-        for name, value in scope[
-            "headers"
-        ]:  # the first of a repeated header counts, as in Starlette
+        # The first of a repeated header counts, as with Starlette's request.headers.
+        for name, value in scope["headers"]:
             if name == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
             elif name == b"idempotency-key" and idempotency_key is None:

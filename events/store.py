@@ -211,10 +211,12 @@ async def read_batch(conn: psycopg.AsyncConnection, after: Checkpoint, limit: in
     return Batch(events, xmin, bound, allocated, complete=len(events) < limit)
 
 
+# As the newest transaction id in the ledger, not as EXISTS (... tx_id >= xmin): the planner
+# cannot know xmin, guesses that a third of the ledger matches and scans it all for a row that
+# is almost never there (473 ms over 3M events, run every few milliseconds while writers are
+# busy); max() is one backward step down each partition's (tx_id, position) index.
 _HELD_BACK = """
-SELECT EXISTS (
-    SELECT 1 FROM ledger WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())
-)
+SELECT coalesce(max(tx_id) >= pg_snapshot_xmin(pg_current_snapshot()), false) FROM ledger
 """
 
 

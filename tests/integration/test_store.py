@@ -106,12 +106,33 @@ async def test_reader_reads_in_index_order_after_a_bulk_load(isolated: Settings)
         await store.configure_reader(conn)
         configured = await (await conn.execute(explain, params)).fetchone()
         batch = await store.read_batch(conn, middle, 1000)
+        held = await (await conn.execute("EXPLAIN (FORMAT JSON) " + store._HELD_BACK)).fetchone()
+    assert held is not None and "Seq Scan" not in _plan_nodes(held[0][0]["Plan"])
     assert plain is not None and configured is not None
     assert "Sort" in _plan_nodes(plain[0][0]["Plan"])  # the trap this guards against
     assert "Sort" not in _plan_nodes(configured[0][0]["Plan"])
     assert [r.position for r in batch.events] == list(
         range(middle.position + 1, middle.position + 1001)
     )
+
+
+async def test_held_back_sees_a_later_commit_behind_an_open_transaction(
+    database_url: str,
+) -> None:
+    """While an older transaction stays open, events committed after it are held back from
+    readers, and held_back says so; once it ends, nothing is."""
+    async with (
+        await psycopg.AsyncConnection.connect(database_url, autocommit=True) as reader,
+        await psycopg.AsyncConnection.connect(database_url) as slow,
+        await psycopg.AsyncConnection.connect(database_url) as fast,
+    ):
+        await store.configure_reader(reader)
+        await store.append(slow, _item())  # takes a transaction id and stays open
+        await store.append(fast, _item())
+        await fast.commit()
+        assert await store.held_back(reader)
+        await slow.commit()
+        assert not await store.held_back(reader)
 
 
 async def test_reader_never_passes_an_open_transaction(database_url: str) -> None:
