@@ -353,17 +353,20 @@ async def test_media_type_and_size_guards(
     assert_problem(streamed, 413)
 
 
-async def test_rate_limit_answers_429_with_headers(
-    database_url: str, redis_url: str, redis_prefix: str
-) -> None:
-    """Past its burst an agent gets 429 with Retry-After and RateLimit headers."""
-    limited = make_settings(
+@pytest.fixture
+def limited(database_url: str, redis_url: str, redis_prefix: str) -> Settings:
+    """Settings with a tight rate limit: a burst of 3, then one vote every 2 seconds."""
+    return make_settings(
         database_url,
         redis_url,
         redis_prefix,
         VOTELEDGER_RATE_LIMIT_PER_SECOND="0.5",
         VOTELEDGER_RATE_LIMIT_BURST="3",
     )
+
+
+async def test_rate_limit_answers_429_with_headers(limited: Settings) -> None:
+    """Past its burst an agent gets 429 with Retry-After and RateLimit headers."""
     async with command_api(limited) as client:
         agent = await new_agent(client)
         item = await new_item(client)
@@ -383,17 +386,10 @@ async def test_rate_limit_answers_429_with_headers(
 
 
 async def test_rate_limit_holds_for_concurrent_votes(
-    database_url: str, redis_url: str, redis_prefix: str, admin_conn: psycopg.Connection
+    limited: Settings, admin_conn: psycopg.Connection
 ) -> None:
     """Votes sent at once, which share a rate-limit check, are each charged: only the burst
     passes, and only the admitted votes are recorded."""
-    limited = make_settings(
-        database_url,
-        redis_url,
-        redis_prefix,
-        VOTELEDGER_RATE_LIMIT_PER_SECOND="0.5",
-        VOTELEDGER_RATE_LIMIT_BURST="3",
-    )
     async with command_api(limited) as client:
         agent = await new_agent(client)
         items = [await new_item(client) for _ in range(8)]
