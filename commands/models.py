@@ -14,6 +14,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, Direction, ItemType
+from infra.openapi import json_response, json_schema
 
 ItemId = Annotated[
     str,
@@ -25,6 +26,10 @@ ItemId = Annotated[
         examples=["song-42"],
     ),
 ]
+
+
+# PostgreSQL text cannot hold NUL: refused at the edge (422), not by the database (a 500).
+NO_NUL = r"^[^\x00]*$"
 
 
 class Strict(BaseModel):
@@ -102,20 +107,10 @@ def idempotency_key(value: str | None) -> str | None:
     raise InvalidRequest([{"location": ["header", "Idempotency-Key"], "message": message}])
 
 
-def _inline(struct: type) -> dict[str, Any]:
-    _, components = msgspec.json.schema_components([struct])
-    return dict(components[struct.__name__])
-
-
-def _json(struct: type, description: str) -> dict[str, Any]:
-    content = {"application/json": {"schema": _inline(struct)}}
-    return {"description": description, "content": content}
-
-
 VOTE_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": _inline(VoteIn)}},
+        "content": {"application/json": {"schema": json_schema(VoteIn)}},
     },
     "parameters": [
         {
@@ -134,15 +129,15 @@ VOTE_OPENAPI: dict[str, Any] = {
     ],
 }
 VOTE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    201: _json(VoteOut, "The vote was recorded"),
-    200: _json(VoteOut, "The vote already had that state"),
+    201: json_response(VoteOut, "The vote was recorded"),
+    200: json_response(VoteOut, "The vote already had that state"),
 }
 
 
 class ItemIn(Strict):
     item_id: ItemId
     item_type: Literal["song", "tool"]
-    title: Annotated[str, Field(min_length=1, max_length=300)]
+    title: Annotated[str, Field(min_length=1, max_length=300, pattern=NO_NUL)]
 
 
 class ItemOut(BaseModel):
@@ -153,7 +148,7 @@ class ItemOut(BaseModel):
 
 
 class AgentIn(Strict):
-    name: Annotated[str, Field(max_length=100)] = ""
+    name: Annotated[str, Field(max_length=100, pattern=NO_NUL)] = ""
 
 
 class AgentOut(BaseModel):

@@ -21,15 +21,15 @@ import msgspec
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, Path, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
+from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, ItemType
 from infra import heap, problems
 from infra.db import pool_for
 from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.metrics import metrics_response
+from infra.openapi import json_response
 from infra.problems import Problem
 from infra.redis_keys import generation_key, namespace
 from infra.settings import Settings, get_settings
@@ -37,6 +37,7 @@ from projections.model import decayed
 from queries.read import (
     BadCursor,
     Detail,
+    DetailAt,
     ListName,
     ListQuery,
     Page,
@@ -47,7 +48,6 @@ from queries.read import (
 
 log = logging.getLogger("voteledger.queries")
 
-ItemType = Literal["song", "tool"]
 _CACHE_MAX_AGE = 1.0  # trending scores decay with time even when nothing changes
 _CACHE_ENTRIES = 10_000
 _REDIS_RETRY_AFTER = 1.0
@@ -296,41 +296,6 @@ def _etag(body: bytes) -> str:
     return f'W/"{hashlib.blake2b(body, digest_size=10).hexdigest()}"'
 
 
-# --- HTTP models (for the OpenAPI document; responses are encoded with msgspec) ---------------
-
-
-class EntryOut(BaseModel):
-    rank: int
-    item_id: str
-    item_type: ItemType
-    title: str
-    score: float
-    up: int
-    down: int
-
-
-class ListOut(BaseModel):
-    items: list[EntryOut]
-    next_cursor: str | None
-    position: int
-
-
-class DetailOut(BaseModel):
-    item_id: str
-    item_type: ItemType
-    title: str
-    up: int
-    down: int
-    net: int
-    confidence: float
-    trending: float
-    rank_top: int | None
-    rank_trending: int | None
-    rank_daily: int | None
-    daily_net: int | None
-    position: int
-
-
 _LIST_HEADERS = {
     "X-Ledger-Position": {"description": "The ledger position the data reflects"},
     "X-Read-Model": {"description": "redis, or postgres when answering from the fallback"},
@@ -447,9 +412,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except BadCursor as exc:
                 gone = "rebuilt" in str(exc)
                 raise Problem(410 if gone else 422, str(exc), slug="bad-cursor")
-            body = _ENCODER.encode(
-                {"items": page.items, "next_cursor": page.next_cursor, "position": page.position}
-            )
+            body = _ENCODER.encode(page)
             return source, body, page.position
 
         key = (query.name, query.item_type, query.limit, query.cursor, query.min_votes, query.day)
@@ -457,7 +420,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     list_doc: dict[str, Any] = {
         "response_class": Response,
-        "responses": {200: {"model": ListOut, "headers": _LIST_HEADERS}, 304: {}},
+        "responses": {
+            200: json_response(Page, "A page of the ranking", headers=_LIST_HEADERS),
+            304: {"description": "Not modified (If-None-Match)"},
+        },
     }
 
     @app.get("/api/v1/top", summary="All-time rankings", **list_doc)
@@ -504,7 +470,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/api/v1/items/{item_id}",
         summary="One item: counts, scores and ranks",
         response_class=Response,
-        responses={200: {"model": DetailOut, "headers": _LIST_HEADERS}, 304: {}},
+        responses={
+            200: json_response(DetailAt, "The item", headers=_LIST_HEADERS),
+            304: {"description": "Not modified (If-None-Match)"},
+        },
     )
     async def item(
         request: Request,
@@ -520,7 +489,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             source, found, position = await side.detail(item_id, today)
             if found is None:
                 raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
-            body = _ENCODER.encode({**msgspec.structs.asdict(found), "position": position})
+            body = _ENCODER.encode(DetailAt(**msgspec.structs.asdict(found), position=position))
             return source, body, position
 
         return await respond(request, ("item", item_id, today), produce, min_position, wait_ms)

@@ -12,7 +12,7 @@ import binascii
 from dataclasses import dataclass
 from datetime import date
 from importlib import resources
-from typing import Literal
+from typing import Literal, cast
 
 import msgspec
 import psycopg
@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from events.types import ItemType
 from infra.redis_keys import namespace
 from projections.model import decayed
 
@@ -63,18 +64,18 @@ class Cursor:
         return cursor
 
 
+# The response shapes: encoded with msgspec, and what the OpenAPI document shows (infra.openapi).
 class Entry(msgspec.Struct, frozen=True):
     rank: int
     item_id: str
-    item_type: str
+    item_type: ItemType
     title: str
     score: float
     up: int
     down: int
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
+class Page(msgspec.Struct, frozen=True):
     items: list[Entry]
     next_cursor: str | None
     position: int
@@ -82,7 +83,7 @@ class Page:
 
 class Detail(msgspec.Struct, frozen=True):
     item_id: str
-    item_type: str
+    item_type: ItemType
     title: str
     up: int
     down: int
@@ -93,6 +94,12 @@ class Detail(msgspec.Struct, frozen=True):
     rank_trending: int | None
     rank_daily: int | None
     daily_net: int | None
+
+
+class DetailAt(Detail, frozen=True):
+    """An item's detail with the ledger position it reflects: the item endpoint's body."""
+
+    position: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +167,7 @@ class RedisReader:
                 Entry(
                     rank,
                     item_id.decode(),
-                    item_type.decode(),
+                    cast(ItemType, item_type.decode()),
                     title.decode(),
                     _display(query.name, float(score), epoch_value, now, self.half_life),
                     int(up),
@@ -187,7 +194,8 @@ class RedisReader:
         item_type, title, up, down, conf, trend, r_top, r_trend, r_daily, daily = found
         up, down = int(up), int(down)
         detail = Detail(
-            item_id, item_type.decode(), title.decode(), up, down, up - down, float(conf),
+            item_id, cast(ItemType, item_type.decode()), title.decode(), up, down, up - down,
+            float(conf),
             _display("trending", float(trend), float(epoch) if epoch else None, now,
                      self.half_life),
             r_top, r_trend, r_daily, int(float(daily)) if daily is not None else None,

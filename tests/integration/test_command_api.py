@@ -265,7 +265,7 @@ async def test_operator_routes_need_the_operator_token(command_client: httpx.Asy
 
 
 async def test_catalogue_errors(command_client: httpx.AsyncClient) -> None:
-    """Duplicate items 409; unknown items 404; a wrong item_type 422."""
+    """Duplicate items 409; unknown items 404; a wrong item_type or a NUL in a title 422."""
     item = await new_item(command_client, "song")
     duplicate = await command_client.post(
         "/api/v1/items", json={"item_id": item, "item_type": "tool", "title": "t"}, headers=OPERATOR
@@ -282,6 +282,15 @@ async def test_catalogue_errors(command_client: httpx.AsyncClient) -> None:
         headers=agent.headers,
     )
     assert assert_problem(wrong, 422)["type"] == "/problems/item-type-mismatch"
+    # NUL cannot be stored in PostgreSQL text: a validation error, not a server error.
+    nul = await command_client.post(
+        "/api/v1/items",
+        json={"item_id": "song-nul", "item_type": "song", "title": "a\x00b"},
+        headers=OPERATOR,
+    )
+    assert assert_problem(nul, 422)["errors"]
+    named = await command_client.post("/api/v1/agents", json={"name": "\x00"}, headers=OPERATOR)
+    assert assert_problem(named, 422)["errors"]
 
 
 @pytest.mark.parametrize(
