@@ -83,10 +83,6 @@ class RateLimiter:
         window = max(1, math.ceil(self.tolerance))
         return f'"votes";q={self.burst};w={window}'
 
-    async def check(self, agent: str) -> Decision:
-        [decision] = await self.check_many([agent])
-        return decision
-
     async def check_many(self, agents: list[str]) -> list[Decision]:
         """One decision per request, in order, in one Redis round trip."""
         now = time.monotonic()

@@ -262,8 +262,7 @@ async def _ledger_fold_once(
     folds: dict[Checkpoint, Changes] | None,
 ) -> Changes:
     """`ledger_fold`, kept in `folds`: stores checked at the same checkpoint share one fold."""
-    if folds is None:
-        return await ledger_fold(conn, upto, half_life)
+    folds = {} if folds is None else folds
     if upto not in folds:
         folds[upto] = await ledger_fold(conn, upto, half_life)
     return folds[upto]
