@@ -66,7 +66,8 @@ for _, it in ipairs(a.items) do
     redis.call('ZADD', ns .. ':top:' .. item_type, net, id)
     redis.call('ZADD', ns .. ':conf:' .. item_type, num(wilson(up, down)), id)
     local trend = redis.call('ZINCRBY', ns .. ':trend:' .. item_type, it[6], id)
-    changed[#changed + 1] = {id, item_type, up, down, net, trend}
+    changed[#changed + 1] = {item_id = id, item_type = item_type, up = up, down = down, net = net,
+                             trend = trend}
 end
 
 for _, d in ipairs(a.days) do
@@ -92,7 +93,7 @@ redis.call('HINCRBY', meta, 'events_applied', a.events)
 -- watermark moves: every notice then has its own, increasing position.
 local pending = ns .. ':pending'
 for _, row in ipairs(changed) do
-    redis.call('HSET', pending, row[1], cjson.encode(row))
+    redis.call('HSET', pending, row.item_id, cjson.encode(row))
 end
 local streamed = tonumber(redis.call('HGET', meta, 'streamed') or '-1')
 local position = tonumber(a.watermark)

@@ -34,6 +34,7 @@ from infra.problems import Problem
 from infra.redis_keys import generation_key, namespace
 from infra.settings import Settings, get_settings
 from projections.model import decayed
+from projections.redis_store import decode_changes
 from queries.read import (
     BadCursor,
     Detail,
@@ -592,10 +593,10 @@ async def change_events(
                 epoch = float(fields[b"epoch"]) if fields.get(b"epoch") else None
                 now = time.time()
                 items = [
-                    {"item_id": i, "item_type": t, "up": up, "down": down, "net": net,
-                     "trending": decayed(float(trend), epoch or now, now, half_life)}
-                    for i, t, up, down, net, trend in msgspec.json.decode(fields[b"items"])
-                    if item_type is None or t == item_type
+                    {"item_id": c.item_id, "item_type": c.item_type, "up": c.up, "down": c.down,
+                     "net": c.net, "trending": decayed(float(c.trend), epoch or now, now, half_life)}
+                    for c in decode_changes(fields[b"items"])
+                    if item_type is None or c.item_type == item_type
                 ]  # fmt: skip
                 if items:
                     yield "scores", position, {"position": position, "items": items}
