@@ -174,6 +174,15 @@ SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0), pg_current_xa
 """
 
 
+_HEAD = "SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0)"
+
+
+async def head(conn: psycopg.AsyncConnection) -> int:
+    """The last position drawn (committed or not): the head of the ledger."""
+    row = await (await conn.execute(_HEAD)).fetchone()
+    return int(row[0]) if row else 0
+
+
 async def configure_reader(conn: psycopg.AsyncConnection) -> None:
     """Session settings for a connection that reads batches with `read_batch`."""
     await conn.execute("SET TIME ZONE 'UTC'")
@@ -224,3 +233,16 @@ async def held_back(conn: psycopg.AsyncConnection) -> bool:
     """Whether committed events exist that an older, still open transaction keeps from readers."""
     row = await (await conn.execute(_HELD_BACK)).fetchone()
     return bool(row and row[0])
+
+
+# Any transaction holding an xid or a snapshot holds every reader's snapshot xmin back.
+_OLDEST_OPEN = """
+SELECT extract(epoch FROM max(now() - xact_start)) FROM pg_stat_activity
+WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL
+"""
+
+
+async def oldest_open_transaction(conn: psycopg.AsyncConnection) -> float:
+    """Seconds the oldest open transaction has run (it holds every reader back)."""
+    row = await (await conn.execute(_OLDEST_OPEN)).fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0

@@ -218,51 +218,31 @@ def verify_command(
 
     Exit codes: 0 equal, 1 differences found, 2 usage, 3 a store unreachable.
     """
+    import contextlib
     import time
 
-    import redis.asyncio as aioredis
-
     from events.store import Checkpoint
-    from infra.redis_keys import generation_key
     from projections import verify
     from projections.model import Changes
+    from projections.stores import connect, open_store
 
     settings = _settings()
     names = _projections(projection)
     _tune_gc_for_bulk_work()
-    half_life = settings.trending_half_life_seconds
+    half_life, url = settings.trending_half_life_seconds, settings.database_url
 
     async def run() -> list[verify.Outcome]:
-        outcomes = []
         # Stores standing at the same checkpoint (a quiet ledger) are checked against one fold.
         folds: dict[Checkpoint, Changes] = {}
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=30)
-        try:
-            async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-                cur = await conn.execute("SELECT generation FROM read_model_generation")
-                pg_generation = int((await cur.fetchone() or (1,))[0])
-            if "postgres" in names:
+        outcomes = []
+        async with contextlib.AsyncExitStack() as stack:
+            ledger = await connect(stack, url)
+            for name in names:
+                target = await open_store(name, settings, stack, url)
+                generation = await target.live()
                 outcomes.append(
-                    await verify.check_postgres(
-                        settings.database_url, pg_generation, half_life, limit, folds
-                    )
+                    await verify.check(target, generation, ledger, half_life, limit, folds)
                 )
-            if "redis" in names:
-                raw = await client.get(generation_key(settings.redis_prefix))
-                outcomes.append(
-                    await verify.check_redis(
-                        client,
-                        settings.database_url,
-                        settings.redis_prefix,
-                        int(raw) if raw else pg_generation,
-                        half_life,
-                        settings.daily_retention_days,
-                        limit,
-                        folds,
-                    )
-                )
-        finally:
-            await client.aclose()
         return outcomes
 
     started = time.perf_counter()
@@ -303,83 +283,25 @@ def verify_command(
         raise typer.Exit(1)
 
 
-_STATUS_SQL = """
-SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0),
-       (SELECT generation FROM read_model_generation),
-       (SELECT max(now() - xact_start) FROM pg_stat_activity
-        WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
-"""
-
-
 @app.command("status")
 def status_command(as_json: JsonOpt = False) -> None:
     """Per projection: generation, checkpoint, ledger head, lag, lease holder, held-back reader."""
-    from datetime import UTC, datetime
+    from projections.status import status
 
-    import redis as redis_sync
-    from psycopg import sql as psql
-
-    from infra.redis_keys import generation_key, namespace
-
-    settings = _settings()
-    rows = []
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        head, pg_generation, oldest_tx = conn.execute(_STATUS_SQL).fetchone()  # type: ignore[misc]
-        leases = {
-            name: (fence, holder, acquired)
-            for name, fence, holder, acquired in conn.execute(
-                "SELECT projection, fence, holder, acquired_at FROM projection_leases"
-            )
-        }
-        checkpoint = conn.execute(
-            psql.SQL(
-                "SELECT tx_id::text, position, watermark, events_applied, last_event_at "
-                "FROM {} WHERE projection = 'postgres'"
-            ).format(psql.Identifier(f"rm_g{pg_generation}", "checkpoint"))
-        ).fetchone()
-        assert checkpoint is not None
-        rows.append(("postgres", pg_generation, *checkpoint))
-    client = redis_sync.Redis.from_url(settings.redis_url, socket_timeout=3)
-    try:
-        raw = client.get(generation_key(settings.redis_prefix))
-        redis_generation = int(raw) if raw else pg_generation
-        raw_meta = client.hgetall(f"{namespace(settings.redis_prefix, redis_generation)}:meta")
-        meta = {bytes(k).decode(): bytes(v).decode() for k, v in raw_meta.items()}  # type: ignore[arg-type]
-        last = meta.get("last_event_at")
-        rows.append((
-            "redis", redis_generation, meta.get("tx_id", "0"),
-            int(meta.get("position", 0)), int(meta.get("watermark", 0)),
-            int(meta.get("events_applied", 0)),
-            datetime.fromisoformat(last) if last else None,
-        ))  # fmt: skip
-    except (redis_sync.RedisError, OSError) as exc:
-        rows.append(("redis", None, None, None, None, None, None))
-        err.print(f"[yellow]redis unreachable:[/] {exc}")
-    finally:
-        client.close()
-    now = datetime.now(UTC)
-    report = []
-    for name, generation, tx_id, position, watermark, applied, last_event_at in rows:
-        fence, holder, acquired = leases.get(name, (0, None, None))
-        lag = None if watermark is None else max(0, head - watermark)
-        report.append({
-            "projection": name, "generation": generation, "checkpoint_tx_id": tx_id,
-            "checkpoint_position": position, "watermark": watermark, "ledger_head": head,
-            "lag_events": lag, "events_applied": applied,
-            "lag_seconds": (now - last_event_at).total_seconds() if lag and last_event_at else 0,
-            "lease_holder": holder, "lease_fence": fence,
-            "lease_since": acquired.isoformat() if acquired else None,
-        })  # fmt: skip
-    held = oldest_tx.total_seconds() if oldest_tx else 0.0
+    report = asyncio.run(status(_settings()))
+    for name, why in report.unreachable.items():
+        err.print(f"[yellow]{name} unreachable:[/] {escape(why)}")
+    rows = [dataclasses.asdict(r) for r in report.projections]
+    held = report.oldest_open_transaction_seconds
     if as_json:
-        print(json.dumps({"projections": report, "oldest_open_transaction_seconds": held}))
+        print(json.dumps({"projections": rows, "oldest_open_transaction_seconds": held}))
         return
     table = Table("projection", "generation", "watermark", "head", "lag", "lag s", "lease holder")
-    for r in report:
+    for r in report.projections:
+        holder = f"{r.lease_holder or '-'} (fence {r.lease_fence})"
         table.add_row(
-            str(r["projection"]), str(r["generation"]), f"{r['watermark']}", f"{head}",
-            f"{r['lag_events']}", f"{r['lag_seconds']:.1f}",
-            f"{r['lease_holder'] or '-'} (fence {r['lease_fence']})",
+            r.projection, str(r.generation), f"{r.watermark}", f"{r.ledger_head}",
+            f"{r.lag_events}", f"{r.lag_seconds:.1f}", holder,
         )  # fmt: skip
     console.print(table)
     warn = "[yellow]" if held > 5 else ""

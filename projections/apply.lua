@@ -1,6 +1,6 @@
 -- Applies one projected batch to the Redis read models of one generation, atomically, with its
 -- checkpoint. KEYS[1] is the generation's namespace (a hash tag: every key below shares its slot).
--- ARGV[1] is a JSON document (see projections/targets.py RedisTarget.apply).
+-- ARGV[1] is the JSON of projections.redis_store.ApplyArgs; the reply is the JSON of ApplyResult.
 --
 -- The batch is refused unless the stored checkpoint is exactly where the batch starts and no
 -- higher fencing token has written: a replayed batch, a batch from a worker that lost its lease,
@@ -12,22 +12,28 @@ local ns = KEYS[1]
 local a = cjson.decode(ARGV[1])
 local meta = ns .. ':meta'
 
+local function refused(reason)
+    return cjson.encode({applied = false, reason = reason})
+end
+
 local cur = redis.call('HMGET', meta, 'tx_id', 'position', 'fence', 'epoch', 'retired')
 -- A rebuild switched readers to a newer generation: this one must not move past what they saw.
 if cur[5] then
-    return {0, 'generation retired'}
+    return refused('generation retired')
 end
 if (cur[1] or '0') ~= a.from_tx or (cur[2] or '0') ~= a.from_pos then
-    return {0, 'checkpoint is at ' .. (cur[1] or '0') .. '/' .. (cur[2] or '0')}
+    return refused('checkpoint is at ' .. (cur[1] or '0') .. '/' .. (cur[2] or '0'))
 end
 if tonumber(cur[3] or '0') > a.fence then
-    return {0, 'fenced by token ' .. cur[3]}
+    return refused('fenced by token ' .. cur[3])
 end
 
 local function num(x)
     return string.format('%.17g', x)
 end
 
+-- The same operations in the same order as projections/model.py and the SQL function, so all
+-- three give bit-identical doubles and rank ties identically.
 local z = 1.959963984540054
 local function wilson(up, down)
     local n = up + down
@@ -42,7 +48,7 @@ end
 -- Moving the trending epoch: every stored sum is rescaled by the same factor (ranks unchanged).
 if a.factor ~= '1.0' and cur[4] then
     local factor = tonumber(a.factor)
-    for _, item_type in ipairs({'song', 'tool'}) do
+    for _, item_type in ipairs(a.item_types) do
         local key = ns .. ':trend:' .. item_type
         local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
         for i = 1, #all, 2 do
@@ -53,33 +59,33 @@ end
 
 local changed = {}
 for _, it in ipairs(a.items) do
-    local id, item_type, title = it[1], it[2], it[3]
+    local id, item_type = it.item_id, it.item_type
     local key = ns .. ':item:' .. id
-    local up = redis.call('HINCRBY', key, 'up', it[4])
-    local down = redis.call('HINCRBY', key, 'down', it[5])
+    local up = redis.call('HINCRBY', key, 'up', it.up)
+    local down = redis.call('HINCRBY', key, 'down', it.down)
     local net = up - down
-    if title then
-        redis.call('HSET', key, 'item_type', item_type, 'net', net, 'title', title)
+    if it.title then
+        redis.call('HSET', key, 'item_type', item_type, 'net', net, 'title', it.title)
     else
         redis.call('HSET', key, 'item_type', item_type, 'net', net)
     end
     redis.call('ZADD', ns .. ':top:' .. item_type, net, id)
     redis.call('ZADD', ns .. ':conf:' .. item_type, num(wilson(up, down)), id)
-    local trend = redis.call('ZINCRBY', ns .. ':trend:' .. item_type, it[6], id)
+    local trend = redis.call('ZINCRBY', ns .. ':trend:' .. item_type, it.trend, id)
     changed[#changed + 1] = {item_id = id, item_type = item_type, up = up, down = down, net = net,
                              trend = trend}
 end
 
 for _, d in ipairs(a.days) do
-    local key = ns .. ':daily:' .. d[2] .. ':' .. d[1]
-    redis.call('ZINCRBY', key, d[4], d[3])
-    redis.call('EXPIREAT', key, d[5])
+    local key = ns .. ':daily:' .. d.item_type .. ':' .. d.day
+    redis.call('ZINCRBY', key, d.net, d.item_id)
+    redis.call('EXPIREAT', key, d.expire_at)
 end
 
 redis.call('HSET', meta, 'tx_id', a.to_tx, 'position', a.to_pos, 'watermark', a.watermark,
            'fence', a.fence, 'epoch', a.epoch)
 -- "live": this generation has caught up with the ledger at least once, so readers may use it.
-if a.live == 1 then
+if a.live then
     redis.call('HSET', meta, 'live', 1)
 end
 if a.last_event_at ~= '' then
@@ -90,7 +96,8 @@ redis.call('HINCRBY', meta, 'events_applied', a.events)
 -- Change notices for the query side's live stream: the capped stream lets a reconnecting client
 -- resume (or learn that it missed too much); pub/sub wakes waiting readers at once. A notice is
 -- identified by the watermark it reflects, so notices wait (latest values per item) until the
--- watermark moves: every notice then has its own, increasing position.
+-- watermark moves: every notice then has its own, increasing position. Each item is the JSON of
+-- projections.redis_store.ChangedItem.
 local pending = ns .. ':pending'
 for _, row in ipairs(changed) do
     redis.call('HSET', pending, row.item_id, cjson.encode(row))
@@ -106,4 +113,4 @@ if position > 0 and position > streamed and redis.call('EXISTS', pending) == 1 t
     redis.call('HSET', meta, 'streamed', a.watermark)
 end
 redis.call('PUBLISH', ns .. ':changes', a.watermark)
-return {1, a.watermark}
+return cjson.encode({applied = true})

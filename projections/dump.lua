@@ -1,25 +1,33 @@
--- A consistent snapshot of one generation's Redis read models, for verification and rebuilds.
--- KEYS[1]: the namespace. ARGV: the dates (YYYY-MM-DD) whose daily lists to include.
--- Returns {meta, items, days}: items as {id, type, title|false, up, down, net, top, conf, trend};
--- days as {date, type, {member, score, ...}}.
+-- A consistent snapshot of one generation's Redis read models, for verification.
+-- KEYS[1]: the namespace. ARGV[1]: the JSON of projections.redis_store.DumpArgs (the item types,
+-- and the dates whose daily lists to include). The reply is the JSON of DumpReply; empty lists
+-- and absent values are left out (cjson would write an empty table as {} and nil as null).
 local ns = KEYS[1]
-local meta = redis.call('HGETALL', ns .. ':meta')
+local a = cjson.decode(ARGV[1])
+local raw = redis.call('HGETALL', ns .. ':meta')
+local meta = {}
+for i = 1, #raw, 2 do
+    meta[raw[i]] = raw[i + 1]
+end
 local items, days = {}, {}
-for _, t in ipairs({'song', 'tool'}) do
+for _, t in ipairs(a.item_types) do
     local members = redis.call('ZRANGE', ns .. ':top:' .. t, 0, -1, 'WITHSCORES')
     for i = 1, #members, 2 do
         local id = members[i]
         local h = redis.call('HMGET', ns .. ':item:' .. id, 'item_type', 'title', 'up', 'down', 'net')
         items[#items + 1] = {
-            id, h[1] or false, h[2] or false, h[3] or '0', h[4] or '0', h[5] or '0',
-            members[i + 1],
-            redis.call('ZSCORE', ns .. ':conf:' .. t, id) or false,
-            redis.call('ZSCORE', ns .. ':trend:' .. t, id) or false,
+            item_id = id, item_type = h[1] or nil, title = h[2] or nil,
+            up = h[3] or '0', down = h[4] or '0', net = h[5] or '0', top = members[i + 1],
+            conf = redis.call('ZSCORE', ns .. ':conf:' .. t, id) or nil,
+            trend = redis.call('ZSCORE', ns .. ':trend:' .. t, id) or nil,
         }
     end
-    for _, d in ipairs(ARGV) do
+    for _, d in ipairs(a.dates) do
         local scores = redis.call('ZRANGE', ns .. ':daily:' .. t .. ':' .. d, 0, -1, 'WITHSCORES')
-        if #scores > 0 then days[#days + 1] = {d, t, scores} end
+        if #scores > 0 then days[#days + 1] = {day = d, item_type = t, scores = scores} end
     end
 end
-return {meta, items, days}
+local reply = {meta = meta}
+if #items > 0 then reply.items = items end
+if #days > 0 then reply.days = days end
+return cjson.encode(reply)

@@ -49,9 +49,7 @@ def redis_key(prefix: str) -> str:
     return f"{prefix}:generation"
 
 
-async def redis(
-    client: aioredis.Redis, prefix: str, fallback: Callable[[], Awaitable[int]]
-) -> int:
+async def redis(client: aioredis.Redis, prefix: str, fallback: Callable[[], Awaitable[int]]) -> int:
     """The generation of the Redis read models readers use now; `fallback` (PostgreSQL's
     pointer) when Redis has none yet."""
     raw = await client.get(redis_key(prefix))

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import os
 import socket
+from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
@@ -24,6 +26,24 @@ ON CONFLICT (projection) DO UPDATE
 SET fence = l.fence + 1, holder = excluded.holder, acquired_at = excluded.acquired_at
 RETURNING fence
 """
+
+
+_HOLDERS = "SELECT projection, fence, holder, acquired_at FROM projection_leases"
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who last took a projection's lease, with which fencing token, and when."""
+
+    fence: int = 0
+    holder: str | None = None
+    since: datetime | None = None
+
+
+async def holders(conn: psycopg.AsyncConnection) -> dict[str, Holder]:
+    """The last holder of each projection's lease."""
+    rows = await (await conn.execute(_HOLDERS)).fetchall()
+    return {name: Holder(fence, holder, since) for name, fence, holder, since in rows}
 
 
 def worker_identity() -> str:

@@ -17,7 +17,25 @@ The pointer `<prefix>:generation` belongs to projections.generations.
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from typing import get_args
+
 import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+
+from events.store import Checkpoint
+from events.types import ItemType
+from projections import generations
+from projections.model import Changes, DayTotals, ItemTotals, rescale_factor
+from projections.readmodel import Coverage, Difference, Dump, Fenced, State, Step, advanced
+
+log = logging.getLogger("voteledger.projections")
 
 
 def namespace(prefix: str, generation: int) -> str:
@@ -51,3 +69,302 @@ _changes_decoder = msgspec.json.Decoder(list[ChangedItem])
 def decode_changes(raw: bytes) -> list[ChangedItem]:
     """The `items` field of a change notice."""
     return _changes_decoder.decode(raw)
+
+
+# --- the scripts' contracts ----------------------------------------------------------------------
+
+
+class ItemChange(msgspec.Struct, frozen=True, omit_defaults=True):
+    item_id: str
+    item_type: str
+    up: int
+    down: int
+    trend: str  # repr of a double: Lua would print it with 14 digits
+    title: str | None = None  # only when the batch listed the item
+
+
+class DayChange(msgspec.Struct, frozen=True):
+    day: str
+    item_type: str
+    item_id: str
+    net: int
+    expire_at: int
+
+
+class ApplyArgs(msgspec.Struct, frozen=True):
+    """apply.lua's input. Positions and transaction ids are strings: Lua's numbers are doubles."""
+
+    from_tx: str
+    from_pos: str
+    to_tx: str
+    to_pos: str
+    watermark: str
+    fence: int
+    epoch: str
+    factor: str
+    events: int
+    last_event_at: str
+    stream_max: int
+    live: bool
+    item_types: list[str]
+    items: list[ItemChange]
+    days: list[DayChange]
+
+
+class ApplyResult(msgspec.Struct, frozen=True):
+    applied: bool
+    reason: str = ""
+
+
+class DumpArgs(msgspec.Struct, frozen=True):
+    item_types: list[str]
+    dates: list[str]
+
+
+class DumpedItem(msgspec.Struct, frozen=True):
+    item_id: str
+    top: str
+    up: str = "0"
+    down: str = "0"
+    net: str = "0"
+    item_type: str | None = None
+    title: str | None = None
+    conf: str | None = None
+    trend: str | None = None
+
+
+class DumpedDay(msgspec.Struct, frozen=True):
+    day: str
+    item_type: str
+    scores: list[str]  # member, score, member, score, ...
+
+
+class DumpReply(msgspec.Struct, frozen=True):
+    meta: dict[str, str]
+    items: list[DumpedItem] = []
+    days: list[DumpedDay] = []
+
+
+_apply_result = msgspec.json.Decoder(ApplyResult)
+_dump_reply = msgspec.json.Decoder(DumpReply)
+_ITEM_TYPES: list[str] = list(get_args(ItemType))
+
+
+def _script(client: aioredis.Redis, name: str) -> AsyncScript:
+    # redis-py's Script runs EVALSHA and reloads the script when Redis answers NOSCRIPT.
+    return client.register_script(resources.files("projections").joinpath(name).read_text())
+
+
+def _daily_expiry(day: date, retention_days: int) -> int:
+    """When a daily list expires: the kept days after the end of its day."""
+    end = datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=retention_days + 1)
+    return int(end.timestamp())
+
+
+class RedisStore:
+    """The Redis read models of one key prefix, every generation of them."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        *,
+        retention_days: int,
+        stream_max: int,
+        fallback: Callable[[], Awaitable[int]],
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.retention_days = retention_days
+        self.stream_max = stream_max
+        self.fallback = fallback  # the generation to use while Redis has no pointer
+        self._apply = _script(client, "apply.lua")
+        self._dump = _script(client, "dump.lua")
+        self._switch = _script(client, "switch.lua")
+
+    async def live(self) -> int:
+        return await generations.redis(self.client, self.prefix, self.fallback)
+
+    async def generations(self) -> list[int]:
+        found = set()
+        async for key in self.client.scan_iter(match=f"{{{self.prefix}:g*}}:meta", count=1000):
+            tag = key.decode().split("}", 1)[0]  # "{prefix:gN"
+            found.add(int(tag.rsplit(":g", 1)[1]))
+        return sorted(found)
+
+    async def checkpoint(self, generation: int) -> State | None:
+        meta = await self.client.hgetall(meta_key(self.prefix, generation))
+        if not meta:
+            return None
+        epoch, last = meta.get(b"epoch"), meta.get(b"last_event_at")
+        return State(
+            Checkpoint(int(meta[b"tx_id"]), int(meta[b"position"])),
+            int(meta[b"watermark"]),
+            float(epoch) if epoch else None,
+            int(meta.get(b"events_applied", 0)),
+            _when(last),
+        )
+
+    async def start(self, generation: int) -> State:
+        # First start (or a flushed Redis): readers learn the generation from the pointer.
+        await generations.claim_redis(self.client, self.prefix, generation)
+        state = await self.checkpoint(generation)
+        if state is not None:
+            return state
+        # No checkpoint means Redis lost this generation (flushed, or restarted without
+        # persistence): rebuild it from the start of the ledger, never from "now".
+        await self.drop(generation)
+        log.warning("redis read models of generation %d missing: rebuilding", generation)
+        return State()
+
+    async def apply(
+        self, generation: int, state: State, step: Step, fence: int, half_life: float
+    ) -> State:
+        args = self._apply_args(state, step, fence, half_life)
+        raw = await self._apply(keys=[namespace(self.prefix, generation)], args=[_encode(args)])
+        result = _apply_result.decode(raw)
+        if not result.applied:
+            raise Fenced(f"redis refused the batch: {result.reason}")
+        return advanced(state, step)
+
+    def _apply_args(self, state: State, step: Step, fence: int, half_life: float) -> ApplyArgs:
+        changes = step.changes
+        epoch = changes.epoch if changes.epoch is not None else state.epoch
+        factor = 1.0
+        if state.epoch is not None and epoch is not None and epoch != state.epoch:
+            factor = rescale_factor(state.epoch, epoch, half_life)
+        return ApplyArgs(
+            from_tx=str(state.checkpoint.tx_id),
+            from_pos=str(state.checkpoint.position),
+            to_tx=str(step.checkpoint.tx_id),
+            to_pos=str(step.checkpoint.position),
+            watermark=str(step.watermark),
+            fence=fence,
+            epoch=repr(epoch) if epoch is not None else "",
+            factor=repr(factor),
+            events=step.events,
+            last_event_at=step.last_event_at.isoformat() if step.last_event_at else "",
+            stream_max=self.stream_max,
+            live=step.caught_up,
+            item_types=_ITEM_TYPES,
+            items=[
+                ItemChange(i, t.item_type, t.up, t.down, repr(t.trend), t.title)
+                for i, t in changes.items.items()
+            ],
+            days=self._day_changes(changes),
+        )
+
+    def _day_changes(self, changes: Changes) -> list[DayChange]:
+        oldest_kept = datetime.now(UTC).date() - timedelta(days=self.retention_days)
+        return [
+            DayChange(day.isoformat(), t.item_type, item_id, t.net, self._expiry(day))
+            for (day, item_id), t in changes.days.items()
+            if day >= oldest_kept  # Redis keeps only the recent days; PostgreSQL keeps them all
+        ]
+
+    def _expiry(self, day: date) -> int:
+        return _daily_expiry(day, self.retention_days)
+
+    async def write(self, generation: int, model: Changes, state: State) -> None:
+        """The same keys and values the incremental script produces, in pipelined chunks."""
+        await self.drop(generation)
+        pipe = self.client.pipeline(transaction=False)
+        queued = self._queue_writes(pipe, namespace(self.prefix, generation), model, state)
+        for n, _ in enumerate(queued, start=1):
+            if n % 4000 == 0:
+                await pipe.execute()
+        await pipe.execute()
+
+    def _queue_writes(
+        self, pipe: Pipeline, ns: str, model: Changes, state: State
+    ) -> Iterator[object]:
+        """Queue the writes on `pipe`, one command a step."""
+        for item_id, t in model.items.items():
+            fields: dict[str, str | int] = {"item_type": t.item_type, "up": t.up, "down": t.down}
+            fields["net"] = t.net
+            if t.title is not None:
+                fields["title"] = t.title
+            yield pipe.hset(f"{ns}:item:{item_id}", mapping=fields)  # type: ignore[arg-type]
+            yield pipe.zadd(f"{ns}:top:{t.item_type}", {item_id: t.net})
+            yield pipe.zadd(f"{ns}:conf:{t.item_type}", {item_id: t.wilson})
+            yield pipe.zadd(f"{ns}:trend:{t.item_type}", {item_id: t.trend})
+        for day in self._day_changes(model):
+            key = f"{ns}:daily:{day.item_type}:{day.day}"
+            yield pipe.zadd(key, {day.item_id: day.net})
+            yield pipe.expireat(key, day.expire_at)
+        yield pipe.hset(f"{ns}:meta", mapping=_meta(state))  # type: ignore[arg-type]
+
+    async def dump(self, generation: int) -> Dump:
+        """One atomic script, so the projector cannot move in between. Daily lists hold the net
+        only (in `up`) and only for the kept days; items keep no vote times."""
+        today = datetime.now(UTC).date()
+        days = range(-1, self.retention_days + 1)
+        args = DumpArgs(_ITEM_TYPES, [(today - timedelta(days=n)).isoformat() for n in days])
+        ns = namespace(self.prefix, generation)
+        reply = _dump_reply.decode(await self._dump(keys=[ns], args=[_encode(args)]))
+        model = Changes(epoch=float(reply.meta["epoch"]) if reply.meta.get("epoch") else None)
+        broken = [d for item in reply.items for d in _read_item(model, item)]
+        for day in reply.days:
+            for member, score in zip(day.scores[::2], day.scores[1::2], strict=True):
+                totals = DayTotals(day.item_type, int(float(score)), 0)
+                model.days[(date.fromisoformat(day.day), member)] = totals
+        coverage = Coverage(today - timedelta(days=self.retention_days), True, False)
+        return Dump(model, broken, _meta_state(reply.meta, model.epoch), coverage)
+
+    async def switch(self, old: int, new: int) -> bool:
+        keys = [generations.redis_key(self.prefix)]
+        keys += [meta_key(self.prefix, old), meta_key(self.prefix, new)]
+        return bool(await self._switch(keys=keys, args=[new]))
+
+    async def drop(self, generation: int) -> None:
+        batch: list[bytes] = []
+        pattern = f"{namespace(self.prefix, generation)}:*"
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await self.client.unlink(*batch)
+                batch = []
+        if batch:
+            await self.client.unlink(*batch)
+
+
+def _when(raw: bytes | str | None) -> datetime | None:
+    if not raw:
+        return None
+    return datetime.fromisoformat(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def _encode(value: object) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def _meta(state: State) -> dict[str, str | int]:
+    c = state.checkpoint
+    meta: dict[str, str | int] = {"tx_id": c.tx_id, "position": c.position, "fence": 0}
+    meta["watermark"] = state.watermark
+    meta["epoch"] = repr(state.epoch) if state.epoch is not None else ""
+    meta["events_applied"] = state.events_applied
+    return meta
+
+
+def _meta_state(meta: dict[str, str], epoch: float | None) -> State:
+    checkpoint = Checkpoint(int(meta.get("tx_id", 0)), int(meta.get("position", 0)))
+    applied = int(meta.get("events_applied", 0))
+    return State(checkpoint, int(meta.get("watermark", 0)), epoch, applied)
+
+
+def _read_item(model: Changes, item: DumpedItem) -> list[Difference]:
+    """Add one dumped item to `model`; its sorted-set scores that disagree with its hash."""
+    totals = ItemTotals(item.item_type or "?", item.title, up=int(item.up), down=int(item.down))
+    totals.trend = float(item.trend) if item.trend is not None else math.nan
+    model.items[item.item_id] = totals
+    key, net, broken = f"item {item.item_id}", totals.net, []
+    if int(item.net) != net:
+        broken.append(Difference("redis", key, "net", net, int(item.net)))
+    if float(item.top) != net:
+        broken.append(Difference("redis", key, "top score", net, float(item.top)))
+    if item.conf is None or float(item.conf) != totals.wilson:
+        broken.append(Difference("redis", key, "confidence score", totals.wilson, item.conf))
+    return broken

@@ -10,36 +10,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from events import store
 from events.store import Batch
 from infra import metrics as m
-from infra.redis_keys import generation_key
 from infra.settings import Settings
 from projections.lease import Lease, LeaseLost
-from projections.model import Changes, choose_epoch
+from projections.readmodel import Fenced, ReadModelStore, State, step_for
 from projections.shared import Read, SharedReads
-from projections.targets import Fenced, PostgresTarget, RedisTarget, State, Step, Target
+from projections.stores import NAMES, connect, open_store
 from projections.watermark import Watermark
 
 log = logging.getLogger("voteledger.projector")
 
-PROJECTIONS = ("postgres", "redis")
+PROJECTIONS = NAMES
 _HELD_POLL = 0.005  # positions are drawn but not readable yet: their transactions end very soon
 _GENERATION_CHECK = 1.0
 _PARTITION_EVERY = 3600.0
-
-
-async def active_generation(conn: psycopg.AsyncConnection) -> int:
-    row = await (await conn.execute("SELECT generation FROM read_model_generation")).fetchone()
-    assert row is not None
-    return int(row[0])
+# A rebuild switched generations and dropped the one this worker was still writing before it
+# noticed (UndefinedTable), or the store moved past it: it starts over on the current pointer.
+_STEP_DOWN = (Fenced, LeaseLost, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 
 
 def next_batch_size(size: int, batch: Batch, low: int, high: int) -> int:
@@ -47,6 +42,28 @@ def next_batch_size(size: int, batch: Batch, low: int, high: int) -> int:
     if not batch.complete:
         return min(high, size * 2)
     return max(low, size // 2)
+
+
+@dataclass(slots=True)
+class _Pace:
+    """How the loop reads: batch size, how long nothing moved, and the lag it reports."""
+
+    size: int
+    quiet_polls: int = 0  # polls in a row that found positions drawn but nothing new to apply
+    held_since: float | None = None
+    last_event_at: datetime | None = None
+
+    def lag_seconds(self, lag: int) -> float:
+        if not lag or self.last_event_at is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - self.last_event_at).total_seconds())
+
+    def wait(self, lag: int, poll_interval: float) -> float:
+        """Drawn positions whose transactions are still open will be readable very soon,
+        usually: poll quickly, backing off while nothing moves (a long transaction)."""
+        if not lag:
+            return poll_interval
+        return min(poll_interval, _HELD_POLL * (1 << min(self.quiet_polls, 10)))
 
 
 class ProjectionRunner:
@@ -70,14 +87,7 @@ class ProjectionRunner:
             m.PROJECTION_LEASE_HELD.labels(self.name).set(1)
             try:
                 await self._project(lease)
-            except (
-                Fenced,
-                LeaseLost,
-                psycopg.errors.UndefinedTable,
-                psycopg.errors.InvalidSchemaName,
-            ) as exc:
-                # UndefinedTable: a rebuild switched generations and dropped the one this worker
-                # was still writing before it noticed; it starts over on the current pointer.
+            except _STEP_DOWN as exc:
                 log.warning("%s: stepping down: %s", self.name, exc)
             except (psycopg.OperationalError, RedisError, OSError) as exc:
                 log.warning("%s: store unavailable, retrying: %s", self.name, exc)
@@ -87,122 +97,86 @@ class ProjectionRunner:
                 await lease.release()
 
     async def _project(self, lease: Lease) -> None:
-        connect = psycopg.AsyncConnection.connect
         async with contextlib.AsyncExitStack() as stack:
-            reader = await stack.enter_async_context(await connect(self.conninfo, autocommit=True))
-            listener = await stack.enter_async_context(
-                await connect(self.conninfo, autocommit=True)
-            )
+            reader = await connect(stack, self.conninfo)
             await store.configure_reader(reader)
+            listener = await connect(stack, self.conninfo)
             await listener.execute("LISTEN voteledger_events")
-            target: Target
-            if self.name == "postgres":
-                # Autocommit: each apply is its own explicit transaction, and nothing stays
-                # open between batches.
-                conn = await stack.enter_async_context(
-                    await connect(self.conninfo, autocommit=True)
-                )
-                generation = await active_generation(reader)
-                target = PostgresTarget(conn, generation)
-
-                async def current() -> int:
-                    return await active_generation(reader)
-            else:
-                client = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
-                stack.push_async_callback(client.aclose)
-
-                async def current() -> int:
-                    # Each store has its own pointer, so each can be rebuilt on its own.
-                    raw = await client.get(generation_key(self.settings.redis_prefix))
-                    return int(raw) if raw else await active_generation(reader)
-
-                generation = await current()
-                target = RedisTarget(
-                    client, self.settings.redis_prefix, generation,
-                    self.settings.daily_retention_days, self.settings.changes_stream_max,
-                )  # fmt: skip
-            await self._loop(lease, reader, listener, target, generation, current)
+            target = await open_store(
+                self.name, self.settings, stack, self.conninfo, redis_timeout=10
+            )
+            await self._loop(lease, reader, listener, target)
 
     async def _loop(
         self,
         lease: Lease,
         reader: psycopg.AsyncConnection,
         listener: psycopg.AsyncConnection,
-        target: Target,
-        generation: int,
-        current_generation: Callable[[], Awaitable[int]],
+        target: ReadModelStore,
     ) -> None:
-        state = await target.load()
+        generation = await target.live()
+        state = await target.start(generation)
         log.info(
             "%s: generation %d from position %d (watermark %d)",
-            self.name, generation, state.checkpoint.position, state.watermark,
-        )  # fmt: skip
-        tracker = Watermark(state.watermark)
-        size = self.settings.batch_min
-        held_since: float | None = None
-        quiet_polls = 0  # polls in a row that found positions drawn but nothing new to apply
-        last_event_at: datetime | None = None
+            *(self.name, generation, state.checkpoint.position, state.watermark),
+        )
+        tracker, pace = Watermark(state.watermark), _Pace(self.settings.batch_min)
         next_generation_check = time.monotonic() + _GENERATION_CHECK
         while not self.stop.is_set():
-            read = await self.reads.read(reader, state.checkpoint, size)
-            batch = read.batch
-            watermark = tracker.observe(batch)
-            if batch.events or watermark != state.watermark:
-                state = await self._apply(target, state, read, watermark, lease.fence)
-                quiet_polls = 0
-                if batch.events:
-                    last_event_at = batch.events[-1].recorded_at
-            else:
-                quiet_polls += 1
-            size = next_batch_size(size, batch, self.settings.batch_min, self.settings.batch_max)
-            lag = max(0, batch.allocated - watermark)
-            m.PROJECTION_LAG_EVENTS.labels(self.name).set(lag)
-            m.PROJECTION_WATERMARK.labels(self.name).set(watermark)
-            lag_seconds = 0.0
-            if lag and last_event_at is not None:
-                lag_seconds = max(0.0, (datetime.now(UTC) - last_event_at).total_seconds())
-            m.PROJECTION_LAG_SECONDS.labels(self.name).set(lag_seconds)
+            read = await self.reads.read(reader, state.checkpoint, pace.size)
+            batch, watermark = read.batch, tracker.observe(read.batch)
+            moved = bool(batch.events) or watermark != state.watermark
+            if moved:
+                state = await self._apply(target, generation, state, read, watermark, lease.fence)
+            pace.quiet_polls = 0 if moved else pace.quiet_polls + 1
+            lag = self._observed(pace, batch, watermark)
             if not batch.complete:
                 continue
-            if lag and await store.held_back(reader):
-                held_since = held_since or time.monotonic()
-            else:
-                held_since = None
-            m.PROJECTION_HELD_BACK_SECONDS.labels(self.name).set(
-                time.monotonic() - held_since if held_since else 0.0
-            )
+            await self._held_back(pace, reader, lag)
             await lease.check()
             if time.monotonic() >= next_generation_check:
-                if await current_generation() != generation:
+                if await target.live() != generation:
                     log.info("%s: active generation changed; switching", self.name)
                     return
                 next_generation_check = time.monotonic() + _GENERATION_CHECK
-            # Drawn positions whose transactions are still open will be readable very soon,
-            # usually: poll quickly, backing off while nothing moves (a long transaction).
-            wait = self.settings.poll_interval
-            if lag:
-                wait = min(wait, _HELD_POLL * 2 ** min(quiet_polls, 10))
-            await self._wait(listener, wait)
+            await self._wait(listener, pace.wait(lag, self.settings.poll_interval))
+
+    def _observed(self, pace: _Pace, batch: Batch, watermark: int) -> int:
+        """Take note of a batch read: batch size, lag metrics. Returns the lag in positions."""
+        if batch.events:
+            pace.last_event_at = batch.events[-1].recorded_at
+        settings = self.settings
+        pace.size = next_batch_size(pace.size, batch, settings.batch_min, settings.batch_max)
+        lag = max(0, batch.allocated - watermark)
+        m.PROJECTION_LAG_EVENTS.labels(self.name).set(lag)
+        m.PROJECTION_WATERMARK.labels(self.name).set(watermark)
+        m.PROJECTION_LAG_SECONDS.labels(self.name).set(pace.lag_seconds(lag))
+        return lag
+
+    async def _held_back(self, pace: _Pace, reader: psycopg.AsyncConnection, lag: int) -> None:
+        """Report how long an open transaction has kept committed events from the reader."""
+        if lag and await store.held_back(reader):
+            pace.held_since = pace.held_since or time.monotonic()
+        else:
+            pace.held_since = None
+        held = time.monotonic() - pace.held_since if pace.held_since else 0.0
+        m.PROJECTION_HELD_BACK_SECONDS.labels(self.name).set(held)
 
     async def _apply(
-        self, target: Target, state: State, read: Read, watermark: int, fence: int
+        self,
+        target: ReadModelStore,
+        generation: int,
+        state: State,
+        read: Read,
+        watermark: int,
+        fence: int,
     ) -> State:
         batch = read.batch
-        epoch = choose_epoch(state.epoch, batch.events, self.half_life)
-        changes = Changes(epoch)
-        if batch.events:
-            assert epoch is not None  # choose_epoch always has one for a non-empty batch
-            changes = read.fold(epoch, self.half_life)
-        step = Step(
-            changes,
-            batch.checkpoint or state.checkpoint,
-            watermark,
-            len(batch.events),
-            max((r.recorded_at for r in batch.events), default=None),
-            caught_up=batch.complete,
+        step = step_for(
+            batch, state, watermark, self.half_life, lambda e: read.fold(e, self.half_life)
         )
         started = time.perf_counter()
-        state = await target.apply(state, step, fence, self.half_life)
+        state = await target.apply(generation, state, step, fence, self.half_life)
         m.PROJECTION_APPLY_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         if batch.events:
             m.PROJECTION_APPLIED.labels(self.name).inc(len(batch.events))

@@ -9,12 +9,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import psycopg
-import redis.asyncio as aioredis
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from commands import handlers
@@ -23,10 +21,10 @@ from events import store
 from events.store import Checkpoint
 from events.types import Direction, ItemListed, VoteCast
 from infra.db import pool_for
-from infra.redis_keys import generation_key
-from infra.redis_keys import namespace as redis_namespace
 from infra.settings import Settings
 from projections import verify
+from projections.readmodel import ReadModelStore
+from projections.stores import NAMES, open_store
 from tests.servers import settings_env
 
 DIRECTIONS: list[Direction] = ["up", "down", "none"]
@@ -113,36 +111,27 @@ async def ledger_head(url: str) -> int:
         return int(row[0]) if row else 0
 
 
+@contextlib.asynccontextmanager
+async def read_model_stores(settings: Settings) -> AsyncIterator[dict[str, ReadModelStore]]:
+    """Both read-model stores, through the owner's connections."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = settings.database_url
+        yield {name: await open_store(name, settings, stack, url) for name in NAMES}
+
+
 async def generations(settings: Settings) -> tuple[int, int]:
     """The generations readers use now: (PostgreSQL, Redis)."""
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        row = await (await conn.execute("SELECT generation FROM read_model_generation")).fetchone()
-    assert row is not None
-    client = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        raw = await client.get(generation_key(settings.redis_prefix))
-    finally:
-        await client.aclose()
-    return int(row[0]), int(raw) if raw else int(row[0])
+    async with read_model_stores(settings) as stores:
+        return await stores["postgres"].live(), await stores["redis"].live()
 
 
 async def watermarks(settings: Settings) -> tuple[int, int]:
-    pg_generation, redis_generation = await generations(settings)
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        row = await (
-            await conn.execute(
-                sql.SQL("SELECT watermark FROM {} WHERE projection = 'postgres'").format(
-                    sql.Identifier(f"rm_g{pg_generation}", "checkpoint")
-                )
-            )
-        ).fetchone()
-    client = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        ns = redis_namespace(settings.redis_prefix, redis_generation)
-        raw = await client.hget(f"{ns}:meta", "watermark")
-    finally:
-        await client.aclose()
-    return (int(row[0]) if row else 0), int(raw or 0)
+    async with read_model_stores(settings) as stores:
+        found = []
+        for name in NAMES:
+            state = await stores[name].checkpoint(await stores[name].live())
+            found.append(state.watermark if state else 0)
+    return found[0], found[1]
 
 
 async def wait_caught_up(
@@ -168,43 +157,20 @@ async def assert_read_models_match_ledger(settings: Settings) -> None:
     applied exactly as many events as the ledger holds there."""
     half_life = settings.trending_half_life_seconds
     now = datetime.now(UTC)
-    pg_generation, redis_generation = await generations(settings)
-    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
-        row = await (
-            await conn.execute(
-                sql.SQL(
-                    "SELECT tx_id::text, position, events_applied FROM {} "
-                    "WHERE projection = 'postgres'"
-                ).format(sql.Identifier(f"rm_g{pg_generation}", "checkpoint"))
+    async with (
+        read_model_stores(settings) as stores,
+        await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn,
+    ):
+        for name, target in stores.items():
+            dump = await target.dump(await target.live())
+            checkpoint = dump.state.checkpoint
+            expected = await verify.ledger_fold(conn, checkpoint, half_life)
+            assert dump.broken == []
+            differences = verify.compare(
+                name, expected, dump.model, half_life, at=now.timestamp(), coverage=dump.coverage
             )
-        ).fetchone()
-        assert row is not None
-        pg_checkpoint, pg_applied = Checkpoint(int(row[0]), row[1]), row[2]
-        expected = await verify.ledger_fold(conn, pg_checkpoint, half_life)
-        actual, broken = await verify.postgres_model(conn, pg_generation)
-        assert broken == []
-        differences = verify.compare("postgres", expected, actual, half_life, at=now.timestamp())
-        assert differences == [], "\n".join(map(str, differences))
-        assert pg_applied == await _events_upto(conn, pg_checkpoint)
-
-        client = aioredis.Redis.from_url(settings.redis_url)
-        try:
-            ns = redis_namespace(settings.redis_prefix, redis_generation)
-            actual, broken, meta = await verify.redis_model(
-                client, ns, settings.daily_retention_days, now.date()
-            )
-            redis_checkpoint = Checkpoint(int(meta["tx_id"]), int(meta["position"]))
-            expected = await verify.ledger_fold(conn, redis_checkpoint, half_life)
-        finally:
-            await client.aclose()
-        assert broken == []
-        differences = verify.compare(
-            "redis", expected, actual, half_life, at=now.timestamp(),
-            days_from=(now - timedelta(days=settings.daily_retention_days)).date(),
-            daily_net_only=True, item_times=False,
-        )  # fmt: skip
-        assert differences == [], "\n".join(map(str, differences))
-        assert int(meta["events_applied"]) == await _events_upto(conn, redis_checkpoint)
+            assert differences == [], "\n".join(map(str, differences))
+            assert dump.state.events_applied == await _events_upto(conn, checkpoint)
 
 
 async def _events_upto(conn: psycopg.AsyncConnection, checkpoint: Checkpoint) -> int:

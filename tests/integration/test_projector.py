@@ -17,12 +17,14 @@ import redis.asyncio as aioredis
 from events import store
 from events.store import Checkpoint
 from events.types import ItemListed, Recorded, VoteCast
-from infra.redis_keys import namespace as redis_namespace
 from infra.settings import Settings
 from projections.model import Changes, fold
 from projections.runner import run_worker
 from projections.shared import SharedReads
-from projections.targets import Fenced, PostgresTarget, RedisTarget, State, Step
+from projections.postgres_store import PostgresStore
+from projections.readmodel import Fenced, State, Step
+from projections.redis_store import RedisStore
+from projections.redis_store import namespace as redis_namespace
 from tests.integration.projection_support import (
     assert_read_models_match_ledger,
     command_pool,
@@ -210,6 +212,15 @@ def _batch(item_id: str, tx_id: int, position: int) -> tuple[Step, list[Recorded
     return Step(changes, Checkpoint(tx_id, position), position, 2, at), recorded
 
 
+def redis_store(client: aioredis.Redis, prefix: str) -> RedisStore:
+    """The Redis read models under `prefix`, generation 1 unless a pointer says otherwise."""
+
+    async def first() -> int:
+        return 1
+
+    return RedisStore(client, prefix, retention_days=30, stream_max=100, fallback=first)
+
+
 async def _redis_snapshot(client: aioredis.Redis, ns: str) -> dict[bytes, object]:
     snapshot: dict[bytes, object] = {}
     async for key in client.scan_iter(match=f"{ns}:*"):
@@ -228,19 +239,19 @@ async def test_redis_apply_is_exactly_once_and_fenced(isolated: Settings) -> Non
     the script is reloaded after SCRIPT FLUSH."""
     client = aioredis.Redis.from_url(isolated.redis_url)
     try:
-        target = RedisTarget(client, isolated.redis_prefix, 1, 30, 100)
+        target = redis_store(client, isolated.redis_prefix)
         ns = redis_namespace(isolated.redis_prefix, 1)
-        state = await target.load()
+        state = await target.start(1)
         step, _ = _batch("song-x", 100, 2)
-        state = await target.apply(state, step, fence=2, half_life=3600.0)
+        state = await target.apply(1, state, step, fence=2, half_life=3600.0)
         snapshot = await _redis_snapshot(client, ns)
         with pytest.raises(Fenced):  # the same batch again
-            await target.apply(State(), step, fence=2, half_life=3600.0)
+            await target.apply(1, State(), step, fence=2, half_life=3600.0)
         with pytest.raises(Fenced):  # a zombie with an older fence, from the right checkpoint
-            await target.apply(state, _batch("song-y", 101, 4)[0], fence=1, half_life=3600.0)
+            await target.apply(1, state, _batch("song-y", 101, 4)[0], fence=1, half_life=3600.0)
         assert await _redis_snapshot(client, ns) == snapshot
         await client.script_flush()
-        state = await target.apply(state, _batch("song-y", 101, 4)[0], fence=3, half_life=3600.0)
+        state = await target.apply(1, state, _batch("song-y", 101, 4)[0], fence=3, half_life=3600.0)
         assert await client.hget(f"{ns}:item:song-y", "up") == b"1"
         assert await client.zscore(f"{ns}:top:song", "song-x") == 1
         entries = await client.xrange(f"{ns}:changes")
@@ -254,19 +265,19 @@ async def test_postgres_apply_is_exactly_once_and_fenced(isolated: Settings) -> 
     async with await psycopg.AsyncConnection.connect(
         isolated.url_for("projector"), autocommit=True
     ) as conn:
-        target = PostgresTarget(conn, 1)
-        state = await target.load()
+        target = PostgresStore(conn)
+        state = await target.start(1)
         step, _ = _batch("song-x", 100, 2)
-        state = await target.apply(state, step, fence=2, half_life=3600.0)
+        state = await target.apply(1, state, step, fence=2, half_life=3600.0)
         with pytest.raises(Fenced):
-            await target.apply(State(), step, fence=2, half_life=3600.0)
+            await target.apply(1, State(), step, fence=2, half_life=3600.0)
         with pytest.raises(Fenced):
-            await target.apply(state, _batch("song-y", 101, 4)[0], fence=1, half_life=3600.0)
+            await target.apply(1, state, _batch("song-y", 101, 4)[0], fence=1, half_life=3600.0)
         rows = await (
             await conn.execute("SELECT item_id, up FROM rm_g1.items ORDER BY 1")
         ).fetchall()
         assert rows == [("song-x", 1)]
-        assert await target.load() == state
+        assert await target.checkpoint(1) == state
 
 
 async def test_empty_changes_only_move_the_watermark(isolated: Settings) -> None:
@@ -274,8 +285,8 @@ async def test_empty_changes_only_move_the_watermark(isolated: Settings) -> None
     async with await psycopg.AsyncConnection.connect(
         isolated.url_for("projector"), autocommit=True
     ) as conn:
-        target = PostgresTarget(conn, 1)
-        state = await target.load()
+        target = PostgresStore(conn)
+        state = await target.start(1)
         step = Step(Changes(epoch=None), state.checkpoint, 7, 0, None)
-        state = await target.apply(state, step, fence=1, half_life=3600.0)
-        assert (await target.load()).watermark == 7
+        state = await target.apply(1, state, step, fence=1, half_life=3600.0)
+        assert (await target.start(1)).watermark == 7

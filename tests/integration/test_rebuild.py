@@ -24,9 +24,10 @@ from commands import handlers
 from commands.decide import CastVote
 from events import store
 from events.types import ItemListed, VoteCast
-from infra.redis_keys import namespace
 from infra.settings import Settings
 from projections import verify
+from projections.postgres_store import PostgresStore
+from projections.redis_store import namespace
 from tests.integration.projection_support import (
     assert_read_models_match_ledger,
     command_pool,
@@ -214,8 +215,10 @@ async def test_archive_then_rebuild_and_verify(isolated: Settings) -> None:
     with worker_process(isolated):
         await wait_caught_up(isolated)
     half_life = isolated.trending_half_life_seconds
-    async with await psycopg.AsyncConnection.connect(isolated.database_url) as conn:
-        before, _ = await verify.postgres_model(conn, 1)
+    async with await psycopg.AsyncConnection.connect(
+        isolated.database_url, autocommit=True
+    ) as conn:
+        before = (await PostgresStore(conn).dump(1)).model
 
     archived = cli(isolated, "partitions", "archive", "--older-than-months", "12", "--json")
     assert archived.returncode == 0, archived.stderr
@@ -224,7 +227,9 @@ async def test_archive_then_rebuild_and_verify(isolated: Settings) -> None:
     assert rebuilt.returncode == 0, rebuilt.stderr
     verified = cli(isolated, "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    async with await psycopg.AsyncConnection.connect(isolated.database_url) as conn:
-        after, _ = await verify.postgres_model(conn, 2)
+    async with await psycopg.AsyncConnection.connect(
+        isolated.database_url, autocommit=True
+    ) as conn:
+        after = (await PostgresStore(conn).dump(2)).model
     assert verify.compare("postgres", before, after, half_life, at=time.time()) == []
     assert after.items["song-old-1"].down == 1 and after.items["song-old-3"].up == 1
