@@ -119,8 +119,15 @@ class Done:
 def run(argv: list[str], cap: float, env: dict[str, str] | None = None) -> Done:
     """Run a tool within the time budget; it is killed (by PID) on timeout or Ctrl-C."""
     before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, text=True, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=ROOT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         out, err = proc.communicate(timeout=BUDGET.left(cap))
     except subprocess.TimeoutExpired:
@@ -314,8 +321,15 @@ def pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))], 3)
 
 
-def wrk(name: str, url: str, script: str, conns: int, seconds: int, env: dict[str, str],
-        watch: Callable[[], Usage]) -> Result:  # fmt: skip
+def wrk(
+    name: str,
+    url: str,
+    script: str,
+    conns: int,
+    seconds: int,
+    env: dict[str, str],
+    watch: Callable[[], Usage],
+) -> Result:
     """One wrk run after a short warm-up at the same concurrency, from its done() JSON line."""
     argv = ["wrk", "-t1", f"-c{conns}", "--timeout", "10s", "-s", str(BENCH / script), url]
     check(on_cpu(LOAD_CPU, [*argv, f"-d{WARMUP_SECONDS}s"]), WARMUP_SECONDS + 30, env)
@@ -326,11 +340,14 @@ def wrk(name: str, url: str, script: str, conns: int, seconds: int, env: dict[st
     data = json.loads(line.removeprefix("BENCH_JSON "))
     statuses = {int(k): v for k, v in data["statuses"].items()}
     details = {
-        "requests": data["requests"], "statuses": data["statuses"],
+        "requests": data["requests"],
+        "statuses": data["statuses"],
         "non_2xx": sum(v for k, v in statuses.items() if not 200 <= k < 300),
         "socket_errors": {k: v for k, v in data["errors"].items() if k != "status" and v},
-        "p90_ms": data["p90_us"] / 1000, "max_ms": data["max_us"] / 1000, "cpu": cpu,
-    }  # fmt: skip
+        "p90_ms": data["p90_us"] / 1000,
+        "max_ms": data["max_us"] / 1000,
+        "cpu": cpu,
+    }
     rps = round(data["requests"] / (data["duration_us"] / 1e6), 1)
     return Result(name, rps, "req/s", data["p50_us"] / 1000, data["p99_us"] / 1000, details=details)
 
@@ -477,8 +494,13 @@ class Bench:
                     done[name] = round(time.perf_counter() - started, 2)
             time.sleep(0.05)
         seconds = max(done.values())
-        details = {"events": self.events, "seconds": seconds, "postgres_s": done["postgres"],
-                   "redis_s": done["redis"], "includes": "the worker's start-up"}  # fmt: skip
+        details = {
+            "events": self.events,
+            "seconds": seconds,
+            "postgres_s": done["postgres"],
+            "redis_s": done["redis"],
+            "includes": "the worker's start-up",
+        }
         name = "projector catch-up, both read models"
         result = Result(name, round(self.events / seconds), "events/s", details=details)
         self.results.append(vs(result, "COPY events out + into a scratch table", round(copy_rate)))
@@ -506,8 +528,15 @@ class Bench:
         self.voteledger("seed", *VOTE_SEED)
         every = [r[0] for r in self.sql.execute("SELECT item_id FROM items")]
         items = sorted(set(every) - before)
-        uvicorn = [str(BIN / "uvicorn"), "--host", HOST, "--no-access-log", "--log-level",
-                   "warning", "--factory"]  # fmt: skip
+        uvicorn = [
+            str(BIN / "uvicorn"),
+            "--host",
+            HOST,
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--factory",
+        ]
         for name, app in (("command", "commands.app"), ("query", "queries.app")):
             port = free_port()
             argv = [*uvicorn, f"{app}:create_app", "--port", str(port)]
@@ -549,8 +578,9 @@ class Bench:
             for conns in (16, 64):
                 health_name = f"command GET /healthz c={conns}"
                 name = f"POST /api/v1/vote c={conns}"
-                health = wrk(health_name, f"{url}/healthz", "get.lua", conns, VOTE_SECONDS,
-                             self.env, watch)  # fmt: skip
+                health = wrk(
+                    health_name, f"{url}/healthz", "get.lua", conns, VOTE_SECONDS, self.env, watch
+                )
                 vote = wrk(name, f"{url}/", "vote.lua", conns, VOTE_SECONDS, env, watch)
                 pgb = self.pgbench(conns)
                 self.results += [health, vs(vote, health_name, health.throughput), pgb]
@@ -563,9 +593,25 @@ class Bench:
         agents = self.q("SELECT count(*) FROM bench_agents")
         items = self.q("SELECT count(*) FROM bench_items")
         prefix = self.tmp / f"pgbench-c{clients}"
-        argv = [str(self.bindir / "pgbench"), "-n", "-c", str(clients), "-j", "1",
-                "-T", str(VOTE_SECONDS), "-f", str(BENCH / "vote.sql"), "-D", f"agents={agents}",
-                "-D", f"items={items}", "-l", f"--log-prefix={prefix}", self.db]  # fmt: skip
+        argv = [
+            str(self.bindir / "pgbench"),
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            "1",
+            "-T",
+            str(VOTE_SECONDS),
+            "-f",
+            str(BENCH / "vote.sql"),
+            "-D",
+            f"agents={agents}",
+            "-D",
+            f"items={items}",
+            "-l",
+            f"--log-prefix={prefix}",
+            self.db,
+        ]
         usage = self.usage()
         done = check(on_cpu(LOAD_CPU, argv), VOTE_SECONDS + 30)
         tps = failed = None
@@ -574,8 +620,11 @@ class Bench:
                 tps = float(line.split()[2])
             elif line.startswith("number of failed transactions"):
                 failed = int(line.split(":")[1].split()[0])
-        latencies = [int(ln.split()[2]) / 1000 for f in self.tmp.glob(f"{prefix.name}.*")
-                     for ln in f.read_text().splitlines()]  # fmt: skip
+        latencies = [
+            int(ln.split()[2]) / 1000
+            for f in self.tmp.glob(f"{prefix.name}.*")
+            for ln in f.read_text().splitlines()
+        ]
         cpu = usage.done({"pgbench %": done.cpu_pct})
         details = {"transactions": len(latencies), "failed": failed, "cpu": cpu}
         name = f"pgbench vote SQL (event + slot upsert) c={clients}"
@@ -606,11 +655,27 @@ class Bench:
         for rate, target, label in runs:
             generation = self.wait_projected()
             self.settle()
-            argv = [sys.executable, "-m", "bench.load", "--command-url", self.command_url,
-                    "--query-url", self.query_url, "--redis-url", self.redis_url,
-                    "--channel", f"{{{self.prefix}:g{generation}}}:changes",
-                    "--keys", str(self.tmp / "keys.txt"), "--items", str(self.tmp / "items.txt"),
-                    "--rate", str(rate), "--duration", str(LIVE_SECONDS)]  # fmt: skip
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.load",
+                "--command-url",
+                self.command_url,
+                "--query-url",
+                self.query_url,
+                "--redis-url",
+                self.redis_url,
+                "--channel",
+                f"{{{self.prefix}:g{generation}}}:changes",
+                "--keys",
+                str(self.tmp / "keys.txt"),
+                "--items",
+                str(self.tmp / "items.txt"),
+                "--rate",
+                str(rate),
+                "--duration",
+                str(LIVE_SECONDS),
+            ]
             # Not pinned: three Python servers, PostgreSQL and Redis all work here at once.
             usage = self.usage("command", "query", "projector")
             done = check(argv, LIVE_SECONDS + 40, self.env)
@@ -619,10 +684,13 @@ class Bench:
             common["cpu"] = usage.done({"bench.load %": done.cpu_pct})
             for name, where in (("visible in query API", "query"), ("Redis watermark", "redis")):
                 result = Result(
-                    f"live lag {label}: vote -> {name}", data["achieved_rate"], "votes/s",
-                    data[f"{where}_lag_p50_ms"], data[f"{where}_lag_p99_ms"],
+                    f"live lag {label}: vote -> {name}",
+                    data["achieved_rate"],
+                    "votes/s",
+                    data[f"{where}_lag_p50_ms"],
+                    data[f"{where}_lag_p99_ms"],
                     details={"samples": data[f"{where}_lag_samples"], **common},
-                )  # fmt: skip
+                )
                 self.results.append(vs(result, target, rate))
 
     def reads(self) -> None:
@@ -634,10 +702,24 @@ class Bench:
         pin(query, SERVER_CPU)
         try:
             health = wrk(HEALTH, f"{url}/healthz", "get.lua", 64, READ_SECONDS, self.env, watch)
-            top = wrk("GET /api/v1/top song limit=50 c=64", f"{url}/api/v1/top?item_type=song"
-                      "&limit=50", "get.lua", 64, READ_SECONDS, self.env, watch)  # fmt: skip
-            item = wrk("GET /api/v1/items/{id} random c=64", f"{url}/", "get.lua", 64,
-                       READ_SECONDS, self.env | items, watch)  # fmt: skip
+            top = wrk(
+                "GET /api/v1/top song limit=50 c=64",
+                f"{url}/api/v1/top?item_type=song&limit=50",
+                "get.lua",
+                64,
+                READ_SECONDS,
+                self.env,
+                watch,
+            )
+            item = wrk(
+                "GET /api/v1/items/{id} random c=64",
+                f"{url}/",
+                "get.lua",
+                64,
+                READ_SECONDS,
+                self.env | items,
+                watch,
+            )
         finally:
             pin(query, None)
         key = f"{{{self.prefix}:g{generation}}}:top:song"
@@ -775,13 +857,26 @@ def table(results: list[Result]) -> str:
         if r.error is None and r.unit == "events/s":
             thr += f" ({r.details['seconds']:.1f} s)"
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-        rows.append((r.scenario, thr, fmt(r.p50_ms, 2), fmt(r.p99_ms, 2), r.baseline or "-",
-                     fmt(r.baseline_throughput), ratio))  # fmt: skip
+        rows.append(
+            (
+                r.scenario,
+                thr,
+                fmt(r.p50_ms, 2),
+                fmt(r.p99_ms, 2),
+                r.baseline or "-",
+                fmt(r.baseline_throughput),
+                ratio,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     left = (0, 4)  # text columns; numbers are right-aligned
-    lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in rows]  # fmt: skip
+    lines = [
+        "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -846,20 +941,37 @@ def goals(results: list[Result]) -> list[str]:
     def vs_health(r: Result) -> str:
         return f"{r.ratio:.2f}x, p99 {r.p99_ms:.1f} ms"
 
-    goal("vote c=64 >= 0.6x /healthz, p99 <= 20 ms",
-         "POST /api/v1/vote c=64 | command GET /healthz c=64",
-         lambda r: r.ratio >= 0.6 and r.p99_ms <= 20, vs_health)  # fmt: skip
-    goal("projector catch-up >= 50,000 events/s",
-         "projector catch-up, both read models | COPY events out + into a scratch table",
-         lambda r: r.throughput >= 50_000, lambda r: f"{r.throughput:,.0f} events/s")  # fmt: skip
-    goal("rebuild <= 20 s", "voteledger rebuild (both read models) | ",
-         lambda r: r.details["seconds"] <= 20, lambda r: f"{r.details['seconds']} s")  # fmt: skip
+    goal(
+        "vote c=64 >= 0.6x /healthz, p99 <= 20 ms",
+        "POST /api/v1/vote c=64 | command GET /healthz c=64",
+        lambda r: r.ratio >= 0.6 and r.p99_ms <= 20,
+        vs_health,
+    )
+    goal(
+        "projector catch-up >= 50,000 events/s",
+        "projector catch-up, both read models | COPY events out + into a scratch table",
+        lambda r: r.throughput >= 50_000,
+        lambda r: f"{r.throughput:,.0f} events/s",
+    )
+    goal(
+        "rebuild <= 20 s",
+        "voteledger rebuild (both read models) | ",
+        lambda r: r.details["seconds"] <= 20,
+        lambda r: f"{r.details['seconds']} s",
+    )
     for key in [r.key for r in results if r.scenario.startswith("live lag") and not r.error]:
-        goal(f"{key.split(' | ')[0]} p99 <= 100 ms", key,
-             lambda r: r.p99_ms is not None and r.p99_ms <= 100,
-             lambda r: f"p99 {fmt(r.p99_ms, 1)} ms at {r.throughput:,.0f} votes/s")  # fmt: skip
-    goal("top-50 >= 0.8x /healthz, p99 <= 10 ms", f"GET /api/v1/top song limit=50 c=64 | {HEALTH}",
-         lambda r: r.ratio >= 0.8 and r.p99_ms <= 10, vs_health)  # fmt: skip
+        goal(
+            f"{key.split(' | ')[0]} p99 <= 100 ms",
+            key,
+            lambda r: r.p99_ms is not None and r.p99_ms <= 100,
+            lambda r: f"p99 {fmt(r.p99_ms, 1)} ms at {r.throughput:,.0f} votes/s",
+        )
+    goal(
+        "top-50 >= 0.8x /healthz, p99 <= 10 ms",
+        f"GET /api/v1/top song limit=50 c=64 | {HEALTH}",
+        lambda r: r.ratio >= 0.8 and r.p99_ms <= 10,
+        vs_health,
+    )
     return lines
 
 

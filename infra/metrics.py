@@ -72,6 +72,7 @@ PROJECTION_WATERMARK = Gauge(
     "voteledger_projection_watermark", "Every position up to this one is applied", ["projection"]
 )
 PROJECTION_LEASE_HELD = Gauge(
-    "voteledger_projection_lease_held", "1 while this worker holds the projection's lease",
+    "voteledger_projection_lease_held",
+    "1 while this worker holds the projection's lease",
     ["projection"],
-)  # fmt: skip
+)

@@ -145,9 +145,15 @@ def merge(into: Changes, more: Changes, half_life: float) -> Changes:
         current = into.items.get(item_id)
         if current is None:
             into.items[item_id] = ItemTotals(
-                extra.item_type, extra.title, extra.listed_at, extra.up, extra.down,
-                extra.first_vote_at, extra.last_vote_at, extra.trend,
-            )  # fmt: skip
+                extra.item_type,
+                extra.title,
+                extra.listed_at,
+                extra.up,
+                extra.down,
+                extra.first_vote_at,
+                extra.last_vote_at,
+                extra.trend,
+            )
             continue
         current.item_type = extra.item_type
         if extra.title is not None:

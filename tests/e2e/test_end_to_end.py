@@ -44,10 +44,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 10
         while (
             subprocess.run(
@@ -81,9 +92,12 @@ def stack() -> Iterator[Stack]:
     try:
         with fresh_database() as url:
             settings = make_settings(
-                url, redis.url, "e2e", VOTELEDGER_POLL_INTERVAL="0.2",
+                url,
+                redis.url,
+                "e2e",
+                VOTELEDGER_POLL_INTERVAL="0.2",
                 VOTELEDGER_CHANGES_STREAM_MAX="10",
-            )  # fmt: skip
+            )
             with (
                 worker_process(settings),
                 uvicorn_server("commands.app:create_app", settings) as command,
@@ -131,9 +145,10 @@ def test_every_vote_is_visible_when_read_at_its_position(stack: Stack, agent_key
             item = rng.choice(items)
             direction = rng.choice([d for d in VALUE if d != state[item]])
             voted = http.post(
-                f"{stack.command}/api/v1/vote", json={"item_id": item, "vote": direction},
+                f"{stack.command}/api/v1/vote",
+                json={"item_id": item, "vote": direction},
                 headers=auth,
-            )  # fmt: skip
+            )
             assert voted.status_code == 201
             today_net[item] += VALUE[direction] - VALUE[state[item]]
             state[item] = direction
@@ -179,9 +194,12 @@ async def _sse(
                 if line == "":
                     if "data" in fields:
                         events.append(
-                                (fields.get("event", "message"), fields.get("id", ""),
-                                 json.loads(fields["data"]))
-                            )  # fmt: skip
+                            (
+                                fields.get("event", "message"),
+                                fields.get("id", ""),
+                                json.loads(fields["data"]),
+                            )
+                        )
                         if len(events) >= want:
                             break
                     fields = {}
@@ -257,10 +275,14 @@ def test_redis_down_then_back(stack: Stack, agent_key: str) -> None:
             assert during.json()["items"] == before.json()["items"]
             # The write path does not depend on Redis.
             other = list_items(stack, "song", 1)[0]
-            assert http.post(
-                f"{stack.command}/api/v1/vote", json={"item_id": other, "vote": "up"},
-                headers=auth,
-            ).status_code == 201  # fmt: skip
+            assert (
+                http.post(
+                    f"{stack.command}/api/v1/vote",
+                    json={"item_id": other, "vote": "up"},
+                    headers=auth,
+                ).status_code
+                == 201
+            )
         finally:
             stack.redis.start()
 

@@ -20,8 +20,8 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 
-from commands import handlers
 from commands.decide import CastVote
+from commands.record import cast_vote
 from events import store
 from events.types import ItemListed, VoteCast
 from infra.settings import Settings
@@ -46,8 +46,11 @@ pytestmark = pytest.mark.timeout(300)
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "infra.cli", *args],
-        env=settings_env(settings), capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 async def test_rebuild_under_load(isolated: Settings) -> None:
@@ -71,7 +74,7 @@ async def test_rebuild_under_load(isolated: Settings) -> None:
                         ["up", "down", "none"][count % 3],
                     )  # type: ignore[arg-type]
                     try:
-                        await handlers.cast_vote(pool, command)
+                        await cast_vote(pool, command)
                     except Exception as exc:
                         failures.append(f"vote: {exc!r}")
                     count += 1
@@ -93,10 +96,15 @@ async def test_rebuild_under_load(isolated: Settings) -> None:
                     asyncio.create_task(reader(client, f"/api/v1/items/{items[1]}")),
                 ]
                 rebuild = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "infra.cli", "rebuild", "--json",
-                    env=settings_env(isolated), stdout=asyncio.subprocess.PIPE,
+                    sys.executable,
+                    "-m",
+                    "infra.cli",
+                    "rebuild",
+                    "--json",
+                    env=settings_env(isolated),
+                    stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE,
-                )  # fmt: skip
+                )
                 out, err = await rebuild.communicate()
                 await asyncio.sleep(1.5)  # reads and votes go on across the switch
                 stop.set()
@@ -144,10 +152,14 @@ async def test_interrupted_rebuilds_leave_the_live_generation_serving(isolated: 
             async with query_api(isolated) as client:
                 for delay in (0.2, 0.6, 1.2, 2.0):
                     proc = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "infra.cli", "rebuild",
-                        env=settings_env(isolated), stdout=asyncio.subprocess.DEVNULL,
+                        sys.executable,
+                        "-m",
+                        "infra.cli",
+                        "rebuild",
+                        env=settings_env(isolated),
+                        stdout=asyncio.subprocess.DEVNULL,
                         stderr=asyncio.subprocess.DEVNULL,
-                    )  # fmt: skip
+                    )
                     await vote_load(pool, agents, items, seconds=delay, writers=3, seed=3)
                     # A small ledger rebuilds in about two seconds: the kills land in start-up,
                     # fold, bulk write, switch and handover (or after it finished: also fine).
