@@ -1,24 +1,36 @@
 -- One item's detail and its ranks, with the watermark it reflects, in one atomic call.
--- KEYS[1]: the generation's namespace. ARGV: item id, today's date (YYYY-MM-DD).
+-- KEYS[1]: the generation's namespace. ARGV[1]: a JSON map (queries.redis_reader.ItemArgs):
+-- item_id, day (today, YYYY-MM-DD).
+-- Returns a JSON map (queries.redis_reader.ItemReply), without `item` for an unknown item. Scores
+-- stay the strings Redis gives, so they are exact doubles; absent values are left out (cjson has
+-- no null).
 local ns = KEYS[1]
-local id = ARGV[1]
+local args = cjson.decode(ARGV[1])
+local id = args.item_id
 local meta = redis.call('HMGET', ns .. ':meta', 'watermark', 'epoch', 'live')
+local reply = {watermark = meta[1] or '0', live = meta[3] == '1'}
+if meta[2] then reply.epoch = meta[2] end
 local h = redis.call('HMGET', ns .. ':item:' .. id, 'item_type', 'title', 'up', 'down')
 if not h[1] then
-    return {meta[1] or '0', meta[2] or '', meta[3] or '0', false}
+    return cjson.encode(reply)
 end
 local t = h[1]
+local daily = ns .. ':daily:' .. t .. ':' .. args.day
 local function rank(key)
     local r = redis.call('ZREVRANK', key, id)
     if r then return r + 1 end
-    return false
+    return nil
 end
-local detail = {
-    t, h[2] or '', h[3] or '0', h[4] or '0',
-    redis.call('ZSCORE', ns .. ':conf:' .. t, id) or '0',
-    redis.call('ZSCORE', ns .. ':trend:' .. t, id) or '0',
-    rank(ns .. ':top:' .. t), rank(ns .. ':trend:' .. t),
-    rank(ns .. ':daily:' .. t .. ':' .. ARGV[2]),
-    redis.call('ZSCORE', ns .. ':daily:' .. t .. ':' .. ARGV[2], id) or false,
+reply.item = {
+    item_type = t,
+    title = h[2] or '',
+    up = tonumber(h[3] or '0'),
+    down = tonumber(h[4] or '0'),
+    confidence = redis.call('ZSCORE', ns .. ':conf:' .. t, id) or '0',
+    trend = redis.call('ZSCORE', ns .. ':trend:' .. t, id) or '0',
+    rank_top = rank(ns .. ':top:' .. t),
+    rank_trending = rank(ns .. ':trend:' .. t),
+    rank_daily = rank(daily),
+    daily_net = redis.call('ZSCORE', daily, id) or nil,
 }
-return {meta[1] or '0', meta[2] or '', meta[3] or '0', detail}
+return cjson.encode(reply)

@@ -1,0 +1,148 @@
+"""The PostgreSQL reader, the fallback when Redis cannot answer: its SQL, and one REPEATABLE READ
+snapshot per read that reads the generation pointer, the rows and the watermark together.
+
+Ranks count what ranks above, in the same order as the lists (score descending, ties by item id
+descending, bytewise: `COLLATE "C"` on the read models), so Redis and PostgreSQL agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from projections import generations
+from projections.postgres_store import schema
+from queries.shapes import Cursor, Detail, Entry, ListQuery, Page, display
+
+_SCORE_COLUMN = {"top": "net", "confidence": "wilson", "trending": "trend", "daily": "net"}
+
+_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_POSITION = "SELECT watermark, trend_epoch FROM {schema}.checkpoint WHERE projection = 'postgres'"
+_LIST = """
+SELECT item_id, item_type, title, up, down, {score}
+FROM {schema}.items
+WHERE item_type = %(item_type)s AND up + down >= %(min_votes)s
+  AND (%(after)s::boolean IS NOT TRUE OR ({score}, item_id) < (%(score)s, %(item_id)s))
+ORDER BY {score} DESC, item_id DESC
+LIMIT %(limit)s
+"""
+_DAILY = """
+SELECT d.item_id, d.item_type, i.title, i.up, i.down, d.net
+FROM {schema}.daily AS d JOIN {schema}.items AS i USING (item_id)
+WHERE d.day = %(day)s AND d.item_type = %(item_type)s AND i.up + i.down >= %(min_votes)s
+  AND (%(after)s::boolean IS NOT TRUE OR (d.net, d.item_id) < (%(score)s, %(item_id)s))
+ORDER BY d.net DESC, d.item_id DESC
+LIMIT %(limit)s
+"""
+_DETAIL = """
+SELECT i.item_type, i.title, i.up, i.down, i.net, i.wilson, i.trend,
+  (SELECT count(*) + 1 FROM {schema}.items o WHERE o.item_type = i.item_type
+     AND (o.net, o.item_id) > (i.net, i.item_id)),
+  (SELECT count(*) + 1 FROM {schema}.items o WHERE o.item_type = i.item_type
+     AND (o.trend, o.item_id) > (i.trend, i.item_id)),
+  (SELECT count(*) + 1 FROM {schema}.daily o WHERE o.item_type = i.item_type
+     AND o.day = d.day AND (o.net, o.item_id) > (d.net, d.item_id)),
+  d.net
+FROM {schema}.items AS i
+LEFT JOIN {schema}.daily AS d ON d.item_id = i.item_id AND d.day = %(day)s
+WHERE i.item_id = %(item_id)s
+"""
+
+Row = tuple[Any, ...]
+
+
+def _statement(text: str, generation: int, score: str = "net") -> sql.Composed:
+    return sql.SQL(text).format(schema=schema(generation), score=sql.Identifier(score))
+
+
+class PostgresReader:
+    """Each read runs in one REPEATABLE READ snapshot that also reads the generation pointer, so
+    rows, watermark and generation always belong together."""
+
+    def __init__(self, pool: AsyncConnectionPool, half_life: float) -> None:
+        self.pool = pool
+        self.half_life = half_life
+
+    async def generation(self) -> int:
+        async with self.pool.connection() as conn:
+            return await generations.postgres(conn)
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[tuple[psycopg.AsyncConnection, int]]:
+        """A read-only snapshot and the generation it sees."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(_SNAPSHOT)
+            yield conn, await generations.postgres(conn)
+
+    async def page(self, query: ListQuery, now: float) -> Page:
+        async with self._snapshot() as (conn, generation):
+            cursor = query.after(generation)
+            text = _DAILY if query.name == "daily" else _LIST
+            statement = _statement(text, generation, _SCORE_COLUMN[query.name])
+            rows = await (await conn.execute(statement, _page_params(query, cursor))).fetchall()
+            watermark, epoch = await _position(conn, generation)
+        rank = cursor.rank if cursor else 0
+        entries = []
+        for item_id, item_type, title, up, down, score in rows[: query.limit]:
+            rank += 1
+            shown = display(query.name, float(score), epoch, now, self.half_life)
+            entries.append(Entry(rank, item_id, item_type, title, shown, up, down))
+        next_cursor = None
+        if len(rows) > query.limit:
+            last = rows[query.limit - 1]
+            next_cursor = Cursor(generation, query.list_key, float(last[5]), last[0], rank).encode()
+        return Page(entries, next_cursor, watermark)
+
+    async def detail(self, item_id: str, today: date, now: float) -> tuple[Detail | None, int]:
+        async with self._snapshot() as (conn, generation):
+            params = {"item_id": item_id, "day": today}
+            cur = await conn.execute(_statement(_DETAIL, generation), params)
+            row = await cur.fetchone()
+            watermark, epoch = await _position(conn, generation)
+        if row is None:
+            return None, watermark
+        return self._detail(item_id, row, epoch, now), watermark
+
+    def _detail(self, item_id: str, row: Row, epoch: float | None, now: float) -> Detail:
+        item_type, title, up, down, net, wilson, trend, r_top, r_trend, r_daily, daily = row
+        trending = display("trending", trend, epoch, now, self.half_life)
+        r_daily = r_daily if daily is not None else None
+        return Detail(
+            item_id,
+            item_type,
+            title,
+            up,
+            down,
+            net,
+            wilson,
+            trending,
+            r_top,
+            r_trend,
+            r_daily,
+            daily,
+        )
+
+
+def _page_params(query: ListQuery, cursor: Cursor | None) -> dict[str, Any]:
+    return {
+        "item_type": query.item_type,
+        "min_votes": query.min_votes,
+        "after": cursor is not None,
+        "score": cursor.score if cursor else None,
+        "item_id": cursor.item_id if cursor else None,
+        "limit": query.limit + 1,
+        "day": query.day,
+    }
+
+
+async def _position(conn: psycopg.AsyncConnection, generation: int) -> tuple[int, float | None]:
+    """The watermark this snapshot reflects, and the trending epoch."""
+    row = await (await conn.execute(_statement(_POSITION, generation))).fetchone()
+    assert row is not None
+    return int(row[0]), row[1]

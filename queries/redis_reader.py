@@ -1,0 +1,164 @@
+"""The Redis reader: one Lua call per page (`page.lua`) or item (`item.lua`), each returning the
+watermark the data reflects, and the contracts of those calls.
+
+Each script takes one JSON map and returns one, both msgspec Structs here, so either side can change
+without counting positions. Scores cross as the strings Redis stores (exact doubles), converted
+here; the scripts leave absent values and empty lists out (cjson has no null, and encodes an empty
+table as a map), so those fields have defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from importlib import resources
+from typing import cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from events.types import ItemType
+from projections.redis_store import meta_key, namespace
+from queries.shapes import Cursor, Detail, Entry, ListQuery, NotReady, Page, display
+
+
+class PageArgs(msgspec.Struct, frozen=True, omit_defaults=True):
+    list_key: str  # the key suffix: 'top:song', 'daily:tool:2026-11-25'
+    limit: int
+    min_votes: int  # 0: no filter
+    after_score: str | None = None  # repr() of the cursor's score: exact, unlike a JSON number
+    after_id: str | None = None
+
+
+class PageRow(msgspec.Struct, frozen=True):
+    item_id: str
+    score: str
+    item_type: str
+    title: str
+    up: int
+    down: int
+
+
+class Member(msgspec.Struct, frozen=True):
+    item_id: str
+    score: str
+
+
+class PageReply(msgspec.Struct, frozen=True):
+    watermark: str
+    live: bool
+    more: bool
+    epoch: str | None = None
+    rows: list[PageRow] = []
+    # The last member looked at, shown or not: the next page starts after it.
+    last: Member | None = None
+
+
+class ItemArgs(msgspec.Struct, frozen=True):
+    item_id: str
+    day: date
+
+
+class FoundItem(msgspec.Struct, frozen=True):
+    item_type: str
+    title: str
+    up: int
+    down: int
+    confidence: str
+    trend: str
+    rank_top: int | None = None
+    rank_trending: int | None = None
+    rank_daily: int | None = None
+    daily_net: str | None = None
+
+
+class ItemReply(msgspec.Struct, frozen=True):
+    watermark: str
+    live: bool
+    epoch: str | None = None
+    item: FoundItem | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_page_reply = msgspec.json.Decoder(PageReply)
+_item_reply = msgspec.json.Decoder(ItemReply)
+
+
+def _epoch(raw: str | None) -> float | None:
+    return float(raw) if raw else None
+
+
+class RedisReader:
+    def __init__(self, client: aioredis.Redis, prefix: str, half_life: float) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.half_life = half_life
+        # redis-py's Script runs EVALSHA and reloads the script when Redis answers NOSCRIPT.
+        files = resources.files("queries")
+        self._page = client.register_script(files.joinpath("page.lua").read_text())
+        self._item = client.register_script(files.joinpath("item.lua").read_text())
+
+    async def page(self, generation: int, query: ListQuery, now: float) -> Page:
+        cursor = query.after(generation)
+        after = (repr(cursor.score), cursor.item_id) if cursor else (None, None)
+        args = PageArgs(query.list_key, query.limit, query.min_votes, *after)
+        reply = _page_reply.decode(await self._call(self._page, generation, args))
+        _check_live(reply.live)
+        epoch, rank = _epoch(reply.epoch), cursor.rank if cursor else 0
+        entries = []
+        for row in reply.rows:
+            rank += 1
+            score = display(query.name, float(row.score), epoch, now, self.half_life)
+            item_type = cast(ItemType, row.item_type)
+            entries.append(Entry(rank, row.item_id, item_type, row.title, score, row.up, row.down))
+        next_cursor = None
+        if reply.more and reply.last is not None:
+            last = reply.last
+            next_cursor = Cursor(
+                generation, query.list_key, float(last.score), last.item_id, rank
+            ).encode()
+        return Page(entries, next_cursor, int(reply.watermark))
+
+    async def detail(
+        self, generation: int, item_id: str, today: date, now: float
+    ) -> tuple[Detail | None, int]:
+        raw = await self._call(self._item, generation, ItemArgs(item_id, today))
+        reply = _item_reply.decode(raw)
+        _check_live(reply.live)
+        if reply.item is None:
+            return None, int(reply.watermark)
+        return self._detail(item_id, reply.item, _epoch(reply.epoch), now), int(reply.watermark)
+
+    def _detail(self, item_id: str, found: FoundItem, epoch: float | None, now: float) -> Detail:
+        daily = int(float(found.daily_net)) if found.daily_net is not None else None
+        trending = display("trending", float(found.trend), epoch, now, self.half_life)
+        item_type = cast(ItemType, found.item_type)
+        return Detail(
+            item_id=item_id,
+            item_type=item_type,
+            title=found.title,
+            up=found.up,
+            down=found.down,
+            net=found.up - found.down,
+            confidence=float(found.confidence),
+            trending=trending,
+            rank_top=found.rank_top,
+            rank_trending=found.rank_trending,
+            rank_daily=found.rank_daily,
+            daily_net=daily,
+        )
+
+    async def _call(self, script: AsyncScript, generation: int, args: msgspec.Struct) -> bytes:
+        keys = [namespace(self.prefix, generation)]
+        return cast(bytes, await script(keys=keys, args=[_encoder.encode(args)]))
+
+    async def position(self, generation: int) -> tuple[int, bool]:
+        """The watermark of a generation and whether it is live (caught up at least once)."""
+        key = meta_key(self.prefix, generation)
+        watermark, live = await self.client.hmget(key, ["watermark", "live"])
+        return int(watermark or 0), live == b"1"
+
+
+def _check_live(live: bool) -> None:
+    if not live:
+        raise NotReady("the Redis read models are not caught up")

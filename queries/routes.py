@@ -1,0 +1,216 @@
+"""The query API's routes: each parses its parameters and calls one function; `answer_list` and
+`answer_item` turn a read into a body and its errors into problem details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    Path,
+    Query,
+    Request,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from fastapi.requests import HTTPConnection
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.responses import Response
+
+from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, ItemType
+from infra.metrics import metrics_response
+from infra.openapi import json_response
+from infra.problems import Problem
+from queries.shapes import BadCursor, DetailAt, ListName, ListQuery, Page, StaleCursor
+from queries.side import Ask, Produced, ReadSide
+from queries.stream import change_events
+
+_MAX_WAIT_MS = 5000
+
+_encoder = msgspec.json.Encoder()
+
+
+async def _read_side(connection: HTTPConnection) -> ReadSide:
+    side: ReadSide = connection.app.state.side
+    return side
+
+
+Side = Annotated[ReadSide, Depends(_read_side)]
+ItemTypeParam = Annotated[ItemType, Query(description="song or tool")]
+LimitParam = Annotated[int, Query(ge=1, le=200)]
+CursorParam = Annotated[str | None, Query(max_length=512, description="next_cursor of a page")]
+MinPosition = Annotated[
+    int | None,
+    Query(ge=0, le=2**62, description="Answer only once the data reflects this ledger position"),
+]
+WaitMs = Annotated[
+    int, Query(ge=0, le=_MAX_WAIT_MS, description="How long to wait for min_position (ms)")
+]
+ItemId = Annotated[str, Path(min_length=1, max_length=ITEM_ID_MAX_LENGTH, pattern=ITEM_ID_PATTERN)]
+
+_HEADERS = {
+    "X-Ledger-Position": {"description": "The ledger position the data reflects"},
+    "X-Read-Model": {"description": "redis, or postgres when answering from the fallback"},
+    "ETag": {"description": "Revalidate with If-None-Match"},
+}
+_NOT_MODIFIED = {"description": "Not modified (If-None-Match)"}
+_LIST_DOC: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {
+        200: json_response(Page, "A page of the ranking", headers=_HEADERS),
+        304: _NOT_MODIFIED,
+    },
+}
+_ITEM_DOC: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {200: json_response(DetailAt, "The item", headers=_HEADERS), 304: _NOT_MODIFIED},
+}
+
+router = APIRouter()
+
+
+def _ask(request: Request, min_position: int | None, wait_ms: int) -> Ask:
+    url = (request.url.path, request.scope["query_string"])
+    return Ask(min_position, wait_ms, request.headers.get("if-none-match"), url)
+
+
+async def answer_list(
+    side: ReadSide, request: Request, query: ListQuery, min_position: int | None, wait_ms: int
+) -> Response:
+    """A page of a ranking; a cursor of an earlier generation answers 410, any other bad one 422."""
+
+    async def produce() -> Produced:
+        try:
+            source, page = await side.page(query)
+        except BadCursor as exc:
+            raise Problem(410 if isinstance(exc, StaleCursor) else 422, str(exc), slug="bad-cursor")
+        return source, _encoder.encode(page), page.position
+
+    key = (query.name, query.item_type, query.limit, query.cursor, query.min_votes, query.day)
+    return await side.respond(key, produce, _ask(request, min_position, wait_ms))
+
+
+async def answer_item(
+    side: ReadSide, request: Request, item_id: str, min_position: int | None, wait_ms: int
+) -> Response:
+    """One item's detail as of today (UTC); an unknown item answers 404."""
+    today = datetime.now(UTC).date()
+
+    async def produce() -> Produced:
+        source, found, position = await side.detail(item_id, today)
+        if found is None:
+            raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
+        body = _encoder.encode(DetailAt(**msgspec.structs.asdict(found), position=position))
+        return source, body, position
+
+    return await side.respond(
+        ("item", item_id, today), produce, _ask(request, min_position, wait_ms)
+    )
+
+
+@router.get("/api/v1/top", summary="All-time rankings", **_LIST_DOC)
+async def top(
+    request: Request,
+    side: Side,
+    item_type: ItemTypeParam,
+    sort: Annotated[Literal["net", "confidence"], Query()] = "net",
+    limit: LimitParam = 50,
+    cursor: CursorParam = None,
+    min_votes: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    min_position: MinPosition = None,
+    wait_ms: WaitMs = 1000,
+) -> Response:
+    name: ListName = "top" if sort == "net" else "confidence"
+    query = ListQuery(name, item_type, limit, cursor, min_votes)
+    return await answer_list(side, request, query, min_position, wait_ms)
+
+
+@router.get("/api/v1/top/daily", summary="Net votes gained on one UTC day", **_LIST_DOC)
+async def daily(
+    request: Request,
+    side: Side,
+    item_type: ItemTypeParam,
+    day: Annotated[date | None, Query(alias="date", description="YYYY-MM-DD, UTC")] = None,
+    limit: LimitParam = 50,
+    cursor: CursorParam = None,
+    min_position: MinPosition = None,
+    wait_ms: WaitMs = 1000,
+) -> Response:
+    query = ListQuery("daily", item_type, limit, cursor, 0, day or datetime.now(UTC).date())
+    return await answer_list(side, request, query, min_position, wait_ms)
+
+
+@router.get("/api/v1/trending", summary="Time-decayed net votes", **_LIST_DOC)
+async def trending(
+    request: Request,
+    side: Side,
+    item_type: ItemTypeParam,
+    limit: LimitParam = 50,
+    cursor: CursorParam = None,
+    min_position: MinPosition = None,
+    wait_ms: WaitMs = 1000,
+) -> Response:
+    query = ListQuery("trending", item_type, limit, cursor)
+    return await answer_list(side, request, query, min_position, wait_ms)
+
+
+@router.get("/api/v1/items/{item_id}", summary="One item: counts, scores and ranks", **_ITEM_DOC)
+async def item(
+    request: Request,
+    side: Side,
+    item_id: ItemId,
+    min_position: MinPosition = None,
+    wait_ms: WaitMs = 1000,
+) -> Response:
+    return await answer_item(side, request, item_id, min_position, wait_ms)
+
+
+@router.get(
+    "/api/v1/stream",
+    response_class=EventSourceResponse,
+    summary="Server-Sent Events of score changes; `id` is the ledger position",
+)
+async def stream(
+    side: Side,
+    item_type: Annotated[ItemType | None, Query()] = None,
+    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=2**62)] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    async for kind, position, data in change_events(side, item_type, last_event_id):
+        yield ServerSentEvent(event=kind, id=str(position), data=data, retry=2000)
+
+
+@router.websocket("/api/v1/ws")
+async def ws(
+    websocket: WebSocket,
+    side: Side,
+    item_type: Annotated[ItemType | None, Query()] = None,
+    last_event_id: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+) -> None:
+    await websocket.accept()
+    try:
+        async for kind, position, data in change_events(side, item_type, last_event_id):
+            message = {"event": kind, "id": position, "data": data}
+            await websocket.send_text(_encoder.encode(message).decode())
+    except WebSocketDisconnect:
+        pass
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", include_in_schema=False)
+async def readyz(side: Side) -> dict[str, Any]:
+    return await side.readiness()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return metrics_response()

@@ -1,0 +1,144 @@
+"""What both readers share: the query they answer, the shapes they return, the keyset cursor, and
+the errors that say a read cannot be answered.
+
+The response shapes are encoded with msgspec and are what the OpenAPI document shows
+(infra.openapi); both readers compute them the same way, so a client cannot tell which one answered
+except by the `X-Read-Model` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import date
+from typing import Literal
+
+import msgspec
+import psycopg
+from redis.exceptions import RedisError
+
+from events.types import ItemType
+from projections.model import decayed
+
+ListName = Literal["top", "confidence", "trending", "daily"]
+_ZSET = {"top": "top", "confidence": "conf", "trending": "trend"}
+
+
+class BadCursor(ValueError):
+    """The cursor cannot page this list: it is malformed, or was issued for another list."""
+
+
+class StaleCursor(BadCursor):
+    """The cursor was issued for an earlier generation: the rankings were rebuilt since."""
+
+
+class NotReady(Exception):
+    """This read model cannot answer now (it is rebuilding, or missing)."""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Errors that mean "this store cannot answer now", as opposed to bugs."""
+    return isinstance(exc, RedisError | OSError | NotReady | psycopg.OperationalError)
+
+
+def raise_unless_unavailable(exc: Exception) -> None:
+    """Raise `exc` unless it means "this store cannot answer now": a bug is never hidden."""
+    if not is_unavailable(exc):
+        raise exc
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page ended: the last item's stored score and id, and its rank."""
+
+    generation: int
+    list_key: str
+    score: float
+    item_id: str
+    rank: int
+
+    def encode(self) -> str:
+        raw = msgspec.msgpack.encode(
+            [self.generation, self.list_key, self.score, self.item_id, self.rank]
+        )
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str, generation: int, list_key: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            gen, key, score, item_id, rank = msgspec.msgpack.decode(raw)
+            cursor = cls(int(gen), str(key), float(score), str(item_id), int(rank))
+        except (binascii.Error, msgspec.DecodeError, ValueError, TypeError) as exc:
+            raise BadCursor("the cursor is malformed") from exc
+        if cursor.list_key != list_key:
+            raise BadCursor("the cursor belongs to another list")
+        if cursor.generation != generation:
+            raise StaleCursor("the rankings were rebuilt since this cursor was issued; start over")
+        return cursor
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    name: ListName
+    item_type: str
+    limit: int
+    cursor: str | None = None
+    min_votes: int = 0
+    day: date | None = None
+
+    @property
+    def list_key(self) -> str:
+        if self.name == "daily":
+            assert self.day is not None
+            return f"daily:{self.item_type}:{self.day.isoformat()}"
+        return f"{_ZSET[self.name]}:{self.item_type}"
+
+    def after(self, generation: int) -> Cursor | None:
+        """The cursor this page starts after, if any, checked against `generation`."""
+        return Cursor.decode(self.cursor, generation, self.list_key) if self.cursor else None
+
+
+class Entry(msgspec.Struct, frozen=True):
+    rank: int
+    item_id: str
+    item_type: ItemType
+    title: str
+    score: float
+    up: int
+    down: int
+
+
+class Page(msgspec.Struct, frozen=True):
+    items: list[Entry]
+    next_cursor: str | None
+    position: int
+
+
+class Detail(msgspec.Struct, frozen=True):
+    item_id: str
+    item_type: ItemType
+    title: str
+    up: int
+    down: int
+    net: int
+    confidence: float
+    trending: float
+    rank_top: int | None
+    rank_trending: int | None
+    rank_daily: int | None
+    daily_net: int | None
+
+
+class DetailAt(Detail, frozen=True):
+    """An item's detail with the ledger position it reflects: the item endpoint's body."""
+
+    position: int
+
+
+def display(name: str, stored: float, epoch: float | None, now: float, half_life: float) -> float:
+    """Trending sums are stored relative to an epoch; clients see decayed net votes now."""
+    if name == "trending":
+        return decayed(stored, epoch or now, now, half_life)
+    return stored

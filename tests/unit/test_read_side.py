@@ -1,0 +1,87 @@
+"""ReadSide.respond without I/O: a stub `produce` stands in for the stores (nothing is started)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from infra.problems import Problem
+from infra.settings import Settings
+from queries.side import Ask, Produce, Produced, ReadSide
+
+
+@pytest.fixture
+async def side() -> AsyncIterator[ReadSide]:
+    settings = Settings.from_env(
+        {
+            "VOTELEDGER_ENV": "test",
+            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+        }
+    )
+    side = ReadSide(settings)
+    yield side
+    await side.stop()
+
+
+def answers(*produced: Produced) -> tuple[Produce, list[Produced]]:
+    """A `produce` giving `produced` in turn (the last one again when they run out)."""
+    calls: list[Produced] = []
+
+    async def produce() -> Produced:
+        answer = produced[min(len(calls), len(produced) - 1)]
+        calls.append(answer)
+        return answer
+
+    return produce, calls
+
+
+async def test_min_position_not_reached_answers_503_with_the_position_reached(
+    side: ReadSide,
+) -> None:
+    """min_position beyond what the store reflects, past wait_ms: 503 not-yet, Retry-After."""
+    produce, calls = answers(("postgres", b"{}", 7))
+    with pytest.raises(Problem) as raised:
+        await side.respond("k", produce, Ask(min_position=8, wait_ms=30))
+    assert raised.value.status == 503
+    assert raised.value.headers == {"Retry-After": "1", "X-Ledger-Position": "7"}
+    assert len(calls) > 1  # it asked again while waiting
+    assert side.served == 0
+
+
+async def test_etag_revalidation_answers_304_with_the_same_headers(side: ReadSide) -> None:
+    """The body's ETag in If-None-Match answers 304, empty, with the same headers."""
+    produce, _ = answers(("postgres", b'{"a":1}', 3))
+    first = await side.respond("k", produce, Ask())
+    again = await side.respond("k", produce, Ask(if_none_match=first.headers["etag"]))
+    assert first.status_code == 200 and first.body == b'{"a":1}'
+    assert first.headers["x-ledger-position"] == "3" and first.headers["x-read-model"] == "postgres"
+    assert again.status_code == 304 and again.body == b""
+    for header in ("etag", "x-ledger-position", "x-read-model", "cache-control"):
+        assert again.headers[header] == first.headers[header]
+
+
+async def test_an_answer_behind_one_already_given_waits_for_its_source(side: ReadSide) -> None:
+    """With position 10 answered, a fallback at 9 is asked again until it reaches 10."""
+    side.served = 10
+    produce, calls = answers(
+        ("postgres", b"{}", 9), ("postgres", b"{}", 9), ("postgres", b"{}", 10)
+    )
+    response = await side.respond("k", produce, Ask())
+    assert response.headers["x-ledger-position"] == "10"
+    assert [position for _, _, position in calls] == [9, 9, 10]
+
+
+async def test_redis_answers_are_cached_for_their_url(side: ReadSide) -> None:
+    """An answer from Redis is kept: the same key and URL are answered without producing."""
+    side.redis_live = True
+    produce, calls = answers(("redis", b"[]", 5))
+    url = ("/api/v1/top", b"item_type=song")
+    await side.respond("k", produce, Ask(url=url))
+    again = await side.respond("k", produce, Ask(url=url))
+    assert len(calls) == 1 and again.headers["x-read-model"] == "redis"
+    cached = side.current_page(url)
+    assert cached is not None and cached.body == b"[]" and cached.position == 5
+    side.served = 6  # an answer given since is ahead of it: route normally
+    assert side.current_page(url) is None
