@@ -16,27 +16,13 @@ from dataclasses import dataclass
 from datetime import date
 
 import psycopg
-from psycopg import sql
 
-from events.codec import decode
+from events import store
 from events.store import Checkpoint
 from events.types import Recorded
 from projections.model import Changes, DayTotals, decayed, fold, merge
 from projections.readmodel import Coverage, Difference, Dump, ReadModelStore
 
-# Events up to a checkpoint in read order: (tx_id, position) <= the checkpoint's pair. COPY is the
-# fastest way out of PostgreSQL; it takes no parameters, hence the literals.
-_LEDGER = """
-COPY (
-    SELECT position, tx_id::text, recorded_at, payload::text FROM ledger
-    WHERE (tx_id, position) <= ({tx_id}::text::xid8, {position})
-    ORDER BY position
-) TO STDOUT
-"""
-_NEWEST = """
-SELECT extract(epoch FROM max(recorded_at)) FROM ledger
-WHERE (tx_id, position) <= (%s::text::xid8, %s)
-"""
 _CHUNK = 20_000
 
 
@@ -45,21 +31,17 @@ async def ledger_fold(conn: psycopg.AsyncConnection, upto: Checkpoint, half_life
 
     Streams the ledger and folds it in chunks against one epoch, the newest event's hour, so no
     rebase happens in between (nor any of the runner's batching)."""
-    await conn.execute("SET TIME ZONE 'UTC'")
-    row = await (await conn.execute(_NEWEST, (str(upto.tx_id), upto.position))).fetchone()
-    if row is None or row[0] is None:
+    newest = await store.newest_upto(conn, upto)
+    if newest is None:
         return Changes()
-    epoch = math.floor(float(row[0]) / 3600) * 3600.0
+    epoch = math.floor(newest / 3600) * 3600.0
     model = Changes(epoch=epoch)
     chunk: list[Recorded] = []
-    statement = sql.SQL(_LEDGER).format(tx_id=str(upto.tx_id), position=upto.position)
-    async with conn.cursor().copy(statement) as copy:
-        copy.set_types(["int8", "text", "timestamptz", "text"])
-        async for position, tx_id, at, payload in copy.rows():
-            chunk.append(Recorded(position, int(tx_id), at, decode(payload)))
-            if len(chunk) >= _CHUNK:
-                merge(model, fold(chunk, epoch, half_life), half_life)
-                chunk = []
+    async for recorded in store.read_upto(conn, upto):
+        chunk.append(recorded)
+        if len(chunk) >= _CHUNK:
+            merge(model, fold(chunk, epoch, half_life), half_life)
+            chunk = []
     return merge(model, fold(chunk, epoch, half_life), half_life)
 
 
