@@ -2,7 +2,7 @@
 
 Each request waits in a queue; a few workers take whatever has queued up (at most `max_batch`),
 check the whole batch against the rate limit in one Redis call, and record the votes it admits
-with `handlers.record_votes` in one transaction. Under load, batches grow by themselves while the
+with `record.record_votes` in one transaction. Under load, batches grow by themselves while the
 previous one commits; alone, a vote is a batch of one, with no added delay.
 """
 
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
-from commands.handlers import Known, Outcome, VoteRequest, record_votes
+from commands.known import Known
+from commands.plan import Outcome, VoteRequest
 from commands.ratelimit import Decision, RateLimiter
+from commands.record import record_votes
 from infra.metrics import VOTE_BATCH, VOTE_BATCH_SECONDS
 
 

@@ -6,11 +6,13 @@ operator routes use pydantic models. Both are what the OpenAPI document shows.
 
 from __future__ import annotations
 
+import http.client
 import re
 import uuid
 from typing import Annotated, Any, Literal
 
 import msgspec
+from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, Direction, ItemType
@@ -27,6 +29,9 @@ ItemId = Annotated[
     ),
 ]
 
+
+VOTE_PATH = "/api/v1/vote"
+ERROR_STATUSES = (401, 403, 404, 409, 413, 415, 422, 429, 503)
 
 # PostgreSQL text cannot hold NUL: refused at the edge (422), not by the database (a 500).
 NO_NUL = r"^[^\x00]*$"
@@ -107,33 +112,6 @@ def idempotency_key(value: str | None) -> str | None:
     raise InvalidRequest([{"location": ["header", "Idempotency-Key"], "message": message}])
 
 
-VOTE_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": json_schema(VoteIn)}},
-    },
-    "parameters": [
-        {
-            "name": "Idempotency-Key",
-            "in": "header",
-            "required": False,
-            "description": "Retries with the same key return the first response and record "
-            "nothing new",
-            "schema": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": 255,
-                "pattern": r"^[\x21-\x7e]+$",
-            },
-        }
-    ],
-}
-VOTE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    201: json_response(VoteOut, "The vote was recorded"),
-    200: json_response(VoteOut, "The vote already had that state"),
-}
-
-
 class ItemIn(Strict):
     item_id: ItemId
     item_type: Literal["song", "tool"]
@@ -165,3 +143,52 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str | None = None
+
+
+# Any route may answer these, as problem details (in the form FastAPI's `responses` takes).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "content": {"application/problem+json": {}}}
+    for status in ERROR_STATUSES
+}
+
+
+def vote_path_item() -> dict[str, Any]:
+    """The OpenAPI path item of the vote, which `VoteEndpoint` answers before any route."""
+    errors = {str(status): _problem_response(status) for status in ERROR_STATUSES}
+    responses = {
+        "201": json_response(VoteOut, "The vote was recorded"),
+        **errors,
+        "200": json_response(VoteOut, "The vote already had that state"),
+    }
+    operation = {
+        "summary": "Cast, change or retract a vote",
+        "operationId": "vote_api_v1_vote_post",
+        "responses": responses,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": json_schema(VoteIn)}},
+        },
+        "parameters": [_IDEMPOTENCY_KEY_PARAMETER],
+    }
+    # Without nulls, as FastAPI writes the rest (msgspec gives optional fields `default: null`).
+    return jsonable_encoder({"post": operation}, exclude_none=True)  # type: ignore[no-any-return]
+
+
+_IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Retries with the same key return the first response and record nothing new",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[\x21-\x7e]+$"},
+}
+
+
+def _problem_response(status: int) -> dict[str, Any]:
+    """An error response as FastAPI documents ERROR_RESPONSES: the Problem schema by reference."""
+    return {
+        "content": {
+            "application/problem+json": {},
+            "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}},
+        },
+        "description": http.client.responses[status],
+    }

@@ -374,7 +374,7 @@ def partitions_archive(
 @agents_app.command("create")
 def agents_create(name: str = "", as_json: JsonOpt = False) -> None:
     """Register an agent and print its API key (shown only once)."""
-    from commands.handlers import register_agent
+    from commands.agents import register_agent
 
     agent = _with_command_pool(lambda pool: register_agent(pool, name))
     if as_json:
@@ -386,7 +386,7 @@ def agents_create(name: str = "", as_json: JsonOpt = False) -> None:
 @agents_app.command("revoke")
 def agents_revoke(agent_id: uuid.UUID) -> None:
     """Revoke an agent's API key. Its votes stand."""
-    from commands.handlers import NotFound, revoke_agent
+    from commands.agents import NotFound, revoke_agent
 
     try:
         position = _with_command_pool(lambda pool: revoke_agent(pool, agent_id))
@@ -427,7 +427,7 @@ def agents_list(as_json: JsonOpt = False) -> None:
 @items_app.command("add")
 def items_add(item_id: str, item_type: str, title: str) -> None:
     """List one item in the catalogue."""
-    from commands.handlers import AlreadyExists, list_item
+    from commands.catalogue import AlreadyExists, list_item
 
     if item_type not in ("song", "tool"):
         err.print("[red]item_type must be song or tool[/]")
@@ -469,7 +469,7 @@ def items_import(
         TimeRemainingColumn,
     )
 
-    from commands.handlers import AlreadyExists, list_item
+    from commands.catalogue import AlreadyExists, list_item
 
     try:
         chosen = catalogue.format_for(file, fmt)

@@ -1,14 +1,15 @@
 """Realistic demo and benchmark data, written as real ledger events through the same encoding.
 
-Agents and items are registered and listed as events; votes follow each (agent, item) slot so that
-every `VoteCast` carries the right previous direction and time, and vote_slots ends up holding the
-final state, so the command API carries on from the seeded data. Item popularity follows a Zipf-like
-law and vote times are spread over the last D days, so daily and trending lists mean something.
+Agents and items are registered and listed as events; each vote is decided by the command side's
+`decide` on its (agent, item) slot, so every `VoteCast` carries the right previous direction and
+time, and vote_slots ends up holding the final state, so the command API carries on from the seeded
+data. The agents, items and vote_slots rows are written by the commands modules that own them.
+Item popularity follows a Zipf-like law and vote times are spread over the last D days, so daily
+and trending lists mean something.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import secrets
 import uuid
@@ -18,12 +19,17 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from commands.agents import copy_agents
+from commands.catalogue import copy_items
+from commands.decide import CastVote, Slot, decide, evolve
+from commands.record import copy_slots
 from events import store
-from events.types import AgentRegistered, Direction, Event, ItemListed, VoteCast
+from events.types import AgentRegistered, Direction, Event, ItemListed, ItemType
 
 _DIRECTIONS: tuple[Direction, ...] = ("up", "down", "none")
 # Agents mostly vote up, sometimes down, and now and then change their mind or retract.
 _FIRST_VOTE: tuple[Direction, ...] = ("up",) * 7 + ("down",) * 3
+_EMPTY = Slot()  # a slot with no vote yet (one object: a million votes are seeded in seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,59 +41,75 @@ class SeedPlan:
     seed: int = 0
 
 
-@dataclass(slots=True)
-class Slot:
-    direction: Direction
-    cast_at: datetime
-    version: int
+SlotKey = tuple[uuid.UUID, str]
+Item = tuple[str, ItemType, str]
 
 
-def _items(plan: SeedPlan, run: str) -> list[tuple[str, str, str]]:
+def _items(plan: SeedPlan, run: str) -> list[Item]:
     return [
         (f"{'song' if i % 4 else 'tool'}-{run}-{i}", "song" if i % 4 else "tool", f"Item {i}")
         for i in range(plan.items)
     ]
 
 
-def generate(
-    plan: SeedPlan, now: datetime, run: str
-) -> tuple[list[uuid.UUID], list[tuple[str, str, str]], Iterator[tuple[Event, datetime]],
-           dict[tuple[uuid.UUID, str], Slot]]:  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class Generated:
     """The agents, the items, a stream of (event, recorded_at) in time order, and the slots the
     stream leaves behind (filled while the stream is consumed)."""
+
+    agents: list[uuid.UUID]
+    items: list[Item]
+    events: Iterator[tuple[Event, datetime]]
+    slots: dict[SlotKey, Slot]
+
+
+def generate(plan: SeedPlan, now: datetime, run: str) -> Generated:
     rng = random.Random(plan.seed)
     agents = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(plan.agents)]
     items = _items(plan, run)
     start = now - timedelta(days=plan.days)
-    span = (now - start).total_seconds()
-    # Zipf-like popularity: item k is chosen with weight 1/(k+1).
-    weights = [1.0 / (k + 1) for k in range(plan.items)]
-    slots: dict[tuple[uuid.UUID, str], Slot] = {}
+    slots: dict[SlotKey, Slot] = {}
 
     def stream() -> Iterator[tuple[Event, datetime]]:
         for agent in agents:
             yield AgentRegistered(agent_id=agent, name="seed"), start
         for item_id, item_type, title in items:
-            yield ItemListed(item_id=item_id, item_type=item_type, title=title), start  # type: ignore[arg-type]
-        times = sorted(rng.random() * span for _ in range(plan.votes))
-        chosen = rng.choices(range(plan.items), weights=weights, k=plan.votes)
-        for offset, k in zip(times, chosen, strict=True):
-            at = start + timedelta(seconds=offset)
-            agent = agents[rng.randrange(plan.agents)]
-            item_id, item_type, _ = items[k]
-            slot = slots.get((agent, item_id))
-            previous: Direction = slot.direction if slot else "none"
-            if previous == "none":
-                direction = rng.choice(_FIRST_VOTE)
-            else:
-                direction = rng.choice([d for d in _DIRECTIONS if d != previous])
-            yield VoteCast(
-                agent_id=agent, item_id=item_id, item_type=item_type, direction=direction,  # type: ignore[arg-type]
-                previous=previous, previous_cast_at=slot.cast_at if slot else None,
-            ), at  # fmt: skip
-            slots[(agent, item_id)] = Slot(direction, at, slot.version + 1 if slot else 1)
+            yield ItemListed(item_id=item_id, item_type=item_type, title=title), start
+        for at, agent, (item_id, item_type, _) in _votes(rng, plan, agents, items, start, now):
+            slot = slots.get((agent, item_id), _EMPTY)
+            command = CastVote(agent, item_id, _direction(rng, slot.direction))
+            for event in decide(command, item_type, slot):
+                slot = evolve(slot, event, at)
+                yield event, at
+            slots[agent, item_id] = slot
 
-    return agents, items, stream(), slots
+    return Generated(agents, items, stream(), slots)
+
+
+def _votes(
+    rng: random.Random,
+    plan: SeedPlan,
+    agents: list[uuid.UUID],
+    items: list[Item],
+    start: datetime,
+    now: datetime,
+) -> Iterator[tuple[datetime, uuid.UUID, Item]]:
+    """When, who and on what each vote is, in time order: vote times spread evenly over the
+    span; item k is chosen with weight 1/(k+1) (Zipf-like popularity)."""
+    span = (now - start).total_seconds()
+    weights = [1.0 / (k + 1) for k in range(plan.items)]
+    times = sorted(rng.random() * span for _ in range(plan.votes))
+    chosen = rng.choices(range(plan.items), weights=weights, k=plan.votes)
+    for offset, k in zip(times, chosen, strict=True):
+        at = start + timedelta(seconds=offset)
+        yield at, agents[rng.randrange(plan.agents)], items[k]
+
+
+def _direction(rng: random.Random, previous: Direction) -> Direction:
+    """A new vote, never the slot's current one: so every vote changes its slot."""
+    if previous == "none":
+        return rng.choice(_FIRST_VOTE)
+    return rng.choice([d for d in _DIRECTIONS if d != previous])
 
 
 def write(
@@ -100,24 +122,15 @@ def write(
     """Write the plan in one transaction; returns the number of events appended."""
     now = now or datetime.now(UTC)
     run = secrets.token_hex(3)  # item ids of separate seed runs never collide
-    agents, items, events, slots = generate(plan, now, run)
+    seeded = generate(plan, now, run)
     with conn.transaction():
         conn.execute(
             "SELECT ensure_event_partitions(%s::timestamptz, 2)", (now - timedelta(days=plan.days),)
         )
-        with conn.cursor().copy("COPY agents (agent_id, name, key_digest) FROM STDIN") as copy:
-            for agent in agents:
-                digest = hashlib.sha256(secrets.token_bytes(16)).digest()  # keys nobody holds
-                copy.write_row((agent, "seed", digest))
-        with conn.cursor().copy("COPY items (item_id, item_type, title) FROM STDIN") as copy:
-            for item in items:
-                copy.write_row(item)
-        count = store.append_many_sync(conn, _counting(events, progress))
-        with conn.cursor().copy(
-            "COPY vote_slots (agent_id, item_id, direction, cast_at, version) FROM STDIN"
-        ) as copy:
-            for (agent, item_id), slot in slots.items():
-                copy.write_row((agent, item_id, slot.direction, slot.cast_at, slot.version))
+        copy_agents(conn, seeded.agents, "seed")
+        copy_items(conn, seeded.items)
+        count = store.append_many_sync(conn, _counting(seeded.events, progress))
+        copy_slots(conn, ((a, i, slot) for (a, i), slot in seeded.slots.items()))
     return count
 
 

@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from commands import handlers
+from commands.agents import register_agent
+from commands.catalogue import list_item
 from commands.decide import CastVote
+from commands.record import cast_vote
 from events import store
 from events.store import Checkpoint
 from events.types import Direction, ItemListed, VoteCast
@@ -34,12 +36,12 @@ async def populate(
     pool: AsyncConnectionPool, agents: int, items: int
 ) -> tuple[list[uuid.UUID], list[str]]:
     """Register agents and list items through the command handlers."""
-    agent_ids = [(await handlers.register_agent(pool, f"a{i}")).agent_id for i in range(agents)]
+    agent_ids = [(await register_agent(pool, f"a{i}")).agent_id for i in range(agents)]
     item_ids = []
     for i in range(items):
         item_type = "song" if i % 3 else "tool"
         item_id = f"{item_type}-{i}"
-        await handlers.list_item(pool, item_id, item_type, f"Title {i}")
+        await list_item(pool, item_id, item_type, f"Title {i}")
         item_ids.append(item_id)
     return agent_ids, item_ids
 
@@ -62,7 +64,7 @@ async def vote_load(
         rng = random.Random(seed * 1000 + n)
         while time.monotonic() < deadline:
             command = CastVote(rng.choice(agents), rng.choice(items), rng.choice(DIRECTIONS))
-            await handlers.cast_vote(pool, command)
+            await cast_vote(pool, command)
             count += 1
 
     await asyncio.gather(*(writer(n) for n in range(writers)))

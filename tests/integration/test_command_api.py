@@ -197,7 +197,7 @@ async def test_expired_idempotency_keys_are_purged(
     settings: Settings, command_client: httpx.AsyncClient, admin_conn: psycopg.Connection
 ) -> None:
     """Keys older than the TTL are deleted; younger ones stay."""
-    from commands.handlers import purge_idempotency_keys
+    from commands.record import purge_idempotency_keys
     from infra.db import pool_for
 
     agent = await new_agent(command_client)
