@@ -2,6 +2,7 @@ FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
+COPY cli cli
 COPY commands commands
 COPY events events
 COPY projections projections

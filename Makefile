@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 ## run: the whole stack on this machine (throwaway PostgreSQL/Redis unless DATABASE_URL/REDIS_URL reach servers)
 run: $(STAMP)
-	@$(BIN)/python -m infra.devstack serve \
+	@$(BIN)/python -m devtools.devstack serve \
 	  --setup "$(BIN)/voteledger migrate" \
 	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  query API    http://$(HOST):$(QUERY_PORT)  (docs: /docs)\n  projector metrics  http://127.0.0.1:9100/metrics (standby: 9101)\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nCtrl-C stops everything.\n" \
 	  -- "$(BIN)/uvicorn --factory commands.app:create_app --host $(HOST) --port $(COMMAND_PORT) --no-access-log" \
@@ -33,12 +33,14 @@ run: $(STAMP)
 
 ## test: the whole suite against real PostgreSQL and Redis
 test: $(STAMP)
-	$(BIN)/python -m infra.devstack exec --fast -- $(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/python -m devtools.devstack exec --fast -- $(BIN)/pytest $(PYTEST_ARGS)
 
+## lint: ruff (lint and format), mypy, and the import contracts (pyproject.toml [tool.importlinter])
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -53,4 +55,4 @@ clean:
 ## bench: end-to-end benchmarks against same-run baselines (throwaway, durable PostgreSQL/Redis); writes bench/results.json
 .PHONY: bench
 bench: $(STAMP)
-	$(BIN)/python -m infra.devstack exec -- $(BIN)/python -m bench.run
+	$(BIN)/python -m devtools.devstack exec -- $(BIN)/python -m bench.run

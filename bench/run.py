@@ -1,6 +1,6 @@
 """`make bench`: end-to-end benchmarks of voteledger against baselines measured in the same run.
 
-Runs inside `python -m infra.devstack exec` (no --fast: PostgreSQL keeps fsync and synchronous
+Runs inside `python -m devtools.devstack exec` (no --fast: PostgreSQL keeps fsync and synchronous
 commits on), which provides a throwaway PostgreSQL and Redis. Every server and load generator is a
 separate process started here and stopped here by PID, also on failure or Ctrl-C. Prints one
 table, compares it with the previous bench/results.json and writes the new one. In order:
@@ -993,7 +993,7 @@ def compare(results: list[Result], previous: dict[str, Any]) -> list[str]:
 def main() -> int:
     for var in ("DATABASE_URL", "REDIS_URL"):
         if not os.environ.get(var):
-            log(f"{var} is not set: run this with `make bench` (infra.devstack exec)")
+            log(f"{var} is not set: run this with `make bench` (devtools.devstack exec)")
             return 2
     if os.environ.get("VOTELEDGER_REDIS_DISPOSABLE") != "1":
         log("REDIS_URL is not a throwaway server: unset DATABASE_URL and REDIS_URL and retry")

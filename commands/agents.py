@@ -10,6 +10,7 @@ import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -26,6 +27,7 @@ UPDATE agents SET revoked_at = now() WHERE agent_id = %s AND revoked_at IS NULL 
 _AGENT_EXISTS = "SELECT 1 FROM agents WHERE agent_id = %s"
 _AGENT_BY_KEY = "SELECT agent_id, revoked_at FROM agents WHERE key_digest = %s"
 _COPY_AGENTS = "COPY agents (agent_id, name, key_digest) FROM STDIN"
+_LIST_AGENTS = "SELECT agent_id, name, created_at, revoked_at FROM agents ORDER BY created_at"
 
 API_KEY_PREFIX = "vlk_"
 
@@ -39,6 +41,16 @@ class NewAgent:
     agent_id: uuid.UUID
     api_key: str
     position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """An agent as operators see it: never its key."""
+
+    agent_id: uuid.UUID
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 class NotFound(Exception):
@@ -85,6 +97,12 @@ async def agent_for_key(
         return None
     known.add_agent(digest, row[0])
     return row[0], row[1] is not None
+
+
+async def list_agents(pool: AsyncConnectionPool) -> list[Listed]:
+    """Every agent, oldest first."""
+    async with pool.connection() as conn:
+        return [Listed(*row) for row in await (await conn.execute(_LIST_AGENTS)).fetchall()]
 
 
 def copy_agents(conn: psycopg.Connection, agents: Iterable[uuid.UUID], name: str) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import psycopg
 from redis.exceptions import RedisError
 
-from events import store
+from events import partitions, store
 from events.store import Batch
 from infra import metrics as m
 from infra.settings import Settings
@@ -196,7 +196,7 @@ async def maintain_partitions(settings: Settings, stop: asyncio.Event) -> None:
             async with await psycopg.AsyncConnection.connect(
                 settings.url_for("projector"), autocommit=True
             ) as conn:
-                await conn.execute("SELECT ensure_event_partitions(now(), 2)")
+                await partitions.ensure_ahead(conn, 2)
         except psycopg.Error as exc:
             log.warning("partition maintenance failed: %s", exc)
         with contextlib.suppress(TimeoutError):

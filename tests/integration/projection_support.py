@@ -90,9 +90,12 @@ async def held_writer(url: str, *, seconds: float, seed: int) -> int:
             previous = slots.get(target, "none")
             direction = rng.choice([d for d in DIRECTIONS if d != previous])
             event = VoteCast(
-                agent_id=agent, item_id=target, item_type="song", direction=direction,
+                agent_id=agent,
+                item_id=target,
+                item_type="song",
+                direction=direction,
                 previous=previous,
-            )  # fmt: skip
+            )
             await store.append(conn, event)
             await asyncio.sleep(rng.uniform(0.05, 0.6))
             if rng.random() < 0.2:
@@ -189,7 +192,7 @@ async def _events_upto(conn: psycopg.AsyncConnection, checkpoint: Checkpoint) ->
 def worker_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     """`voteledger project` in a child process; stopped (by PID) however the test ends."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infra.cli", "project", "--metrics-port", "0"],
+        [sys.executable, "-m", "cli", "project", "--metrics-port", "0"],
         env=settings_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

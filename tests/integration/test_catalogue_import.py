@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra import catalogue
+from cli import catalogue
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -31,7 +31,7 @@ def run_cli(database_url: str, redis_url: str) -> Run:
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "infra.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env=env,
             capture_output=True,
             text=True,

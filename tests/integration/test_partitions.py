@@ -18,10 +18,9 @@ from datetime import UTC, date, datetime, timedelta, timezone
 import psycopg
 import pytest
 
-from events import store
+from events import partitions, store
 from events.store import Checkpoint
 from events.types import AgentRegistered, Event, ItemListed, Recorded, VoteCast
-from infra import partitions
 from infra.migrate import ensure_partitions
 from infra.settings import Role, Settings
 from projections import verify
@@ -270,7 +269,7 @@ def test_archiving_again_changes_nothing(archive: Archive) -> None:
 def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": url, "VOTELEDGER_ENV": "development"}
     return subprocess.run(
-        [sys.executable, "-m", "infra.cli", "partitions", *args],
+        [sys.executable, "-m", "cli", "partitions", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -19,12 +19,12 @@ from events.store import Checkpoint
 from events.types import ItemListed, Recorded, VoteCast
 from infra.settings import Settings
 from projections.model import Changes, fold
-from projections.runner import run_worker
-from projections.shared import SharedReads
 from projections.postgres_store import PostgresStore
 from projections.readmodel import Fenced, State, Step
 from projections.redis_store import RedisStore
 from projections.redis_store import namespace as redis_namespace
+from projections.runner import run_worker
+from projections.shared import SharedReads
 from tests.integration.projection_support import (
     assert_read_models_match_ledger,
     command_pool,

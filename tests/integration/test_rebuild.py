@@ -45,7 +45,7 @@ pytestmark = pytest.mark.timeout(300)
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=settings_env(settings),
         capture_output=True,
         text=True,
@@ -98,7 +98,7 @@ async def test_rebuild_under_load(isolated: Settings) -> None:
                 rebuild = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "infra.cli",
+                    "cli",
                     "rebuild",
                     "--json",
                     env=settings_env(isolated),
@@ -154,7 +154,7 @@ async def test_interrupted_rebuilds_leave_the_live_generation_serving(isolated: 
                     proc = await asyncio.create_subprocess_exec(
                         sys.executable,
                         "-m",
-                        "infra.cli",
+                        "cli",
                         "rebuild",
                         env=settings_env(isolated),
                         stdout=asyncio.subprocess.DEVNULL,

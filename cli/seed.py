@@ -1,4 +1,4 @@
-"""Realistic demo and benchmark data, written as real ledger events through the same encoding.
+"""`voteledger seed`: realistic demo and benchmark data, written as real ledger events.
 
 Agents and items are registered and listed as events; each vote is decided by the command side's
 `decide` on its (agent, item) slot, so every `VoteCast` carries the right previous direction and
@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
 import psycopg
+import typer
 
+from cli.common import console, settings
+from cli.progress import counting
 from commands.agents import copy_agents
 from commands.catalogue import copy_items
 from commands.decide import CastVote, Slot, decide, evolve
 from commands.record import copy_slots
-from events import store
+from events import partitions, store
 from events.types import AgentRegistered, Direction, Event, ItemListed, ItemType
 
 _DIRECTIONS: tuple[Direction, ...] = ("up", "down", "none")
@@ -124,9 +129,7 @@ def write(
     run = secrets.token_hex(3)  # item ids of separate seed runs never collide
     seeded = generate(plan, now, run)
     with conn.transaction():
-        conn.execute(
-            "SELECT ensure_event_partitions(%s::timestamptz, 2)", (now - timedelta(days=plan.days),)
-        )
+        partitions.ensure(conn, (now - timedelta(days=plan.days)).isoformat(), 2)
         copy_agents(conn, seeded.agents, "seed")
         copy_items(conn, seeded.items)
         count = store.append_many_sync(conn, _counting(seeded.events, progress))
@@ -144,3 +147,25 @@ def _counting(
         if n % every == 0:
             progress(every)
     progress(n % every)
+
+
+def seed_command(
+    agents: Annotated[int, typer.Option(min=1, help="Agents to register")] = 100,
+    items: Annotated[int, typer.Option(min=1, help="Items to list (3 songs to 1 tool)")] = 1000,
+    votes: Annotated[int, typer.Option(min=0, help="Vote events to record")] = 10_000,
+    days: Annotated[float, typer.Option(min=0.0, help="Spread vote times over this many days")] = 7,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same data)")] = 0,
+) -> None:
+    """Write demo/benchmark data as real ledger events (bulk, in one transaction)."""
+    plan = SeedPlan(agents=agents, items=items, votes=votes, days=days, seed=seed)
+    started = time.perf_counter()
+    with (
+        psycopg.connect(settings().database_url) as conn,
+        counting("seeding", "events", agents + items + votes) as bar,
+    ):
+        count = write(conn, plan, progress=bar.advance)
+    elapsed = time.perf_counter() - started
+    console.print(
+        f"seeded {count:,} events ({agents:,} agents, {items:,} items, {votes:,} votes over "
+        f"{days:g} days) in {elapsed:.1f} s, {count / max(elapsed, 1e-9):,.0f} events/s"
+    )

@@ -66,6 +66,12 @@ def ensure(conn: psycopg.Connection, since: str | None, months_ahead: int) -> li
     return ensure_partitions(conn, since, months_ahead)
 
 
+async def ensure_ahead(conn: psycopg.AsyncConnection, months_ahead: int) -> None:
+    """Create the month partitions from this month to `months_ahead` ahead (as any role: the
+    function runs as the schema owner)."""
+    await conn.execute("SELECT ensure_event_partitions(now(), %s)", (months_ahead,))
+
+
 def list_partitions(conn: psycopg.Connection) -> list[Partition]:
     """Every partition of the live table and of the archive, by name (so by month)."""
     return [Partition(*row) for row in conn.execute(_LIST)]

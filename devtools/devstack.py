@@ -1,7 +1,7 @@
 """Local dev/test stack launcher: throwaway PostgreSQL + Redis around a command.
 
-    python -m infra.devstack exec  [--fast] -- CMD ARGS...      # e.g. make test
-    python -m infra.devstack serve [--fast] -- 'CMD1' 'CMD2'...  # e.g. make run
+    python -m devtools.devstack exec  [--fast] -- CMD ARGS...      # e.g. make test
+    python -m devtools.devstack serve [--fast] -- 'CMD1' 'CMD2'...  # e.g. make run
 
 DATABASE_URL / REDIS_URL from the environment are used when reachable; otherwise
 a private server is started in a temp dir on a free port and torn down on exit.
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in args:
         head, tail = args[: args.index("--")], args[args.index("--") + 1 :]
     parser = argparse.ArgumentParser(
-        prog="python -m infra.devstack",
+        prog="python -m devtools.devstack",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
