@@ -12,36 +12,33 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from importlib import resources
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from infra.metrics import RATE_LIMIT_FALLBACK, RATE_LIMIT_REDIS_UP
 
-# One call decides for every request of a batch, in order (an agent twice in a batch is charged
-# twice): four numbers per key.
-_GCRA = """
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for _, key in ipairs(KEYS) do
-    local tat = tonumber(redis.call('GET', key)) or now
-    if tat < now then tat = now end
-    local new_tat = tat + interval
-    local allow_at = new_tat - tolerance
-    if allow_at > now then
-        table.insert(out, 0); table.insert(out, 0)
-        table.insert(out, allow_at - now); table.insert(out, tat - now)
-    else
-        redis.call('SET', key, new_tat, 'PX', math.max(1, new_tat - now))
-        table.insert(out, 1); table.insert(out, math.floor((now - allow_at) / interval))
-        table.insert(out, 0); table.insert(out, new_tat - now)
-    end
-end
-return out
-"""
+
+class GcraArgs(msgspec.Struct, frozen=True):
+    """ratelimit.lua's input: the emission interval and the burst tolerance."""
+
+    interval_ms: float
+    tolerance_ms: float
+
+
+class GcraDecision(msgspec.Struct, frozen=True):
+    """ratelimit.lua's answer for one request."""
+
+    allowed: bool
+    remaining: int
+    retry_ms: int
+    reset_ms: int
+
+
+_decisions = msgspec.json.Decoder(list[GcraDecision])
+
 
 # After Redis fails, skip it for this long instead of paying a timeout on every vote.
 _RETRY_REDIS_AFTER = 2.0
@@ -73,7 +70,10 @@ class RateLimiter:
         self.burst = burst
         self.interval = 1.0 / rate
         self.tolerance = self.interval * burst
-        self._script = client.register_script(_GCRA)
+        # redis-py's Script runs EVALSHA and reloads the script when Redis answers NOSCRIPT.
+        script = resources.files("commands").joinpath("ratelimit.lua").read_text()
+        self._script = client.register_script(script)
+        self._args = msgspec.json.encode(GcraArgs(self.interval * 1000, self.tolerance * 1000))
         self._redis_down_until = 0.0
         self._local: OrderedDict[str, float] = OrderedDict()
 
@@ -86,18 +86,17 @@ class RateLimiter:
     async def check_many(self, agents: list[str]) -> list[Decision]:
         """One decision per request, in order, in one Redis round trip."""
         now = time.monotonic()
-        if now >= self._redis_down_until:
+        if agents and now >= self._redis_down_until:
             try:
                 # One hash tag: a batch's keys are one script's keys, so one slot in a cluster.
-                flat = await self._script(
+                raw = await self._script(
                     keys=[f"{{{self.prefix}:ratelimit}}:{agent}" for agent in agents],
-                    args=[self.interval * 1000, self.tolerance * 1000],
+                    args=[self._args],
                 )
                 RATE_LIMIT_REDIS_UP.set(1)
-                fours = zip(*[iter(flat)] * 4, strict=True)
                 return [
-                    Decision(bool(allowed), int(remaining), retry_ms / 1000, reset_ms / 1000)
-                    for allowed, remaining, retry_ms, reset_ms in fours
+                    Decision(d.allowed, d.remaining, d.retry_ms / 1000, d.reset_ms / 1000)
+                    for d in _decisions.decode(raw)
                 ]
             except (RedisError, OSError):
                 self._redis_down_until = now + _RETRY_REDIS_AFTER
