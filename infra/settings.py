@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -20,30 +20,31 @@ class SettingsError(RuntimeError):
     """The environment does not describe a runnable configuration."""
 
 
-def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+N = TypeVar("N", int, float)
+
+
+def _number(env: dict[str, str], name: str, default: N, minimum: N) -> N:
+    """The variable `name` as a number of the default's type, at least `minimum`."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
+    kind = type(default)
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+        what = "an integer" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    return _number(env, name, default, minimum)
 
 
 def _float(env: dict[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    return _number(env, name, float(default), float(minimum))
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,14 +75,16 @@ _ITEM_DOC: dict[str, Any] = {
 router = APIRouter()
 
 
-def _ask(request: Request, min_position: int | None, wait_ms: int) -> Ask:
+async def _ask(request: Request, min_position: MinPosition = None, wait_ms: WaitMs = 1000) -> Ask:
+    """What a read asks besides its data: read your writes, revalidation, its URL."""
     url = (request.url.path, request.scope["query_string"])
     return Ask(min_position, wait_ms, request.headers.get("if-none-match"), url)
 
 
-async def answer_list(
-    side: ReadSide, request: Request, query: ListQuery, min_position: int | None, wait_ms: int
-) -> Response:
+Asked = Annotated[Ask, Depends(_ask)]
+
+
+async def answer_list(side: ReadSide, query: ListQuery, ask: Ask) -> Response:
     """A page of a ranking; a cursor of an earlier generation answers 410, any other bad one 422."""
 
     async def produce() -> Produced:
@@ -93,12 +95,10 @@ async def answer_list(
         return source, _encoder.encode(page), page.position
 
     key = (query.name, query.item_type, query.limit, query.cursor, query.min_votes, query.day)
-    return await side.respond(key, produce, _ask(request, min_position, wait_ms))
+    return await side.respond(key, produce, ask)
 
 
-async def answer_item(
-    side: ReadSide, request: Request, item_id: str, min_position: int | None, wait_ms: int
-) -> Response:
+async def answer_item(side: ReadSide, item_id: str, ask: Ask) -> Response:
     """One item's detail as of today (UTC); an unknown item answers 404."""
     today = datetime.now(UTC).date()
 
@@ -109,66 +109,60 @@ async def answer_item(
         body = _encoder.encode(DetailAt(**msgspec.structs.asdict(found), position=position))
         return source, body, position
 
-    return await side.respond(
-        ("item", item_id, today), produce, _ask(request, min_position, wait_ms)
-    )
+    return await side.respond(("item", item_id, today), produce, ask)
 
 
 @router.get("/api/v1/top", summary="All-time rankings", **_LIST_DOC)
 async def top(
-    request: Request,
+    *,
     side: Side,
     item_type: ItemTypeParam,
     sort: Annotated[Literal["net", "confidence"], Query()] = "net",
     limit: LimitParam = 50,
     cursor: CursorParam = None,
     min_votes: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    min_position: MinPosition = None,
-    wait_ms: WaitMs = 1000,
+    ask: Asked,
 ) -> Response:
     name: ListName = "top" if sort == "net" else "confidence"
     query = ListQuery(name, item_type, limit, cursor, min_votes)
-    return await answer_list(side, request, query, min_position, wait_ms)
+    return await answer_list(side, query, ask)
 
 
 @router.get("/api/v1/top/daily", summary="Net votes gained on one UTC day", **_LIST_DOC)
 async def daily(
-    request: Request,
+    *,
     side: Side,
     item_type: ItemTypeParam,
     day: Annotated[date | None, Query(alias="date", description="YYYY-MM-DD, UTC")] = None,
     limit: LimitParam = 50,
     cursor: CursorParam = None,
-    min_position: MinPosition = None,
-    wait_ms: WaitMs = 1000,
+    ask: Asked,
 ) -> Response:
     query = ListQuery("daily", item_type, limit, cursor, 0, day or datetime.now(UTC).date())
-    return await answer_list(side, request, query, min_position, wait_ms)
+    return await answer_list(side, query, ask)
 
 
 @router.get("/api/v1/trending", summary="Time-decayed net votes", **_LIST_DOC)
 async def trending(
-    request: Request,
+    *,
     side: Side,
     item_type: ItemTypeParam,
     limit: LimitParam = 50,
     cursor: CursorParam = None,
-    min_position: MinPosition = None,
-    wait_ms: WaitMs = 1000,
+    ask: Asked,
 ) -> Response:
     query = ListQuery("trending", item_type, limit, cursor)
-    return await answer_list(side, request, query, min_position, wait_ms)
+    return await answer_list(side, query, ask)
 
 
 @router.get("/api/v1/items/{item_id}", summary="One item: counts, scores and ranks", **_ITEM_DOC)
 async def item(
-    request: Request,
+    *,
     side: Side,
     item_id: ItemId,
-    min_position: MinPosition = None,
-    wait_ms: WaitMs = 1000,
+    ask: Asked,
 ) -> Response:
-    return await answer_item(side, request, item_id, min_position, wait_ms)
+    return await answer_item(side, item_id, ask)
 
 
 @router.get(
