@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 COMMAND_PORT ?= 8000
 QUERY_PORT ?= 8001
+METRICS_PORT ?= 9100
+STANDBY_METRICS_PORT ?= 9101
 PYTEST_ARGS ?=
 
 .PHONY: run test lint format migrate clean
@@ -21,15 +23,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-## run: the whole stack on this machine (throwaway PostgreSQL/Redis unless DATABASE_URL/REDIS_URL reach servers)
+## run: the whole stack on this machine, supervised (throwaway PostgreSQL/Redis unless DATABASE_URL/REDIS_URL reach servers)
 run: $(STAMP)
 	@$(BIN)/python -m devtools.devstack serve \
 	  --setup "$(BIN)/voteledger migrate" \
-	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  query API    http://$(HOST):$(QUERY_PORT)  (docs: /docs)\n  projector metrics  http://127.0.0.1:9100/metrics (standby: 9101)\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nCtrl-C stops everything.\n" \
+	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  query API    http://$(HOST):$(QUERY_PORT)  (docs: /docs)\n  projector metrics  http://127.0.0.1:$(METRICS_PORT)/metrics (standby: $(STANDBY_METRICS_PORT))\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nA process that exits is restarted; Ctrl-C stops everything.\n" \
 	  -- "$(BIN)/uvicorn --factory commands.app:create_app --host $(HOST) --port $(COMMAND_PORT) --no-access-log" \
 	     "$(BIN)/uvicorn --factory queries.app:create_app --host $(HOST) --port $(QUERY_PORT) --no-access-log" \
-	     "$(BIN)/voteledger project --metrics-port 9100" \
-	     "$(BIN)/voteledger project --metrics-port 9101"
+	     "$(BIN)/voteledger project --metrics-port $(METRICS_PORT)" \
+	     "$(BIN)/voteledger project --metrics-port $(STANDBY_METRICS_PORT)"
 
 ## test: the whole suite against real PostgreSQL and Redis
 test: $(STAMP)

@@ -23,33 +23,33 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import redis
 
+from devtools.processes import (
+    Terminated,
+    exit_code,
+    install_signal_handlers,
+    log,
+    shielded,
+    stop_all,
+    with_lifeline,
+)
+from devtools.supervise import STOP_GRACE, serve
+
 IS_ROOT = os.geteuid() == 0
-STOP_GRACE = 5.0  # seconds an app child gets between SIGTERM and SIGKILL
 Starter = Callable[[], str]
 
 
 class DevstackError(RuntimeError):
     """A setup failure with a message meant for humans (no traceback)."""
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised by our SIGTERM handler so SIGTERM follows the Ctrl-C cleanup path."""
-
-
-def log(msg: str) -> None:
-    print(f"devstack: {msg}", file=sys.stderr, flush=True)
 
 
 def _redact(url: str) -> str:
@@ -74,12 +74,15 @@ def _tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
-def _spawn(cmd: list[str], logfile: Path, **kw: Any) -> subprocess.Popen[bytes]:
+def _spawn(
+    cmd: list[str], logfile: Path, lifeline: signal.Signals = signal.SIGTERM, **kw: Any
+) -> subprocess.Popen[bytes]:
     """Start a server/tool with output appended to logfile, in its own session so a
-    terminal Ctrl-C hits only the launcher, which then stops things in order."""
+    terminal Ctrl-C hits only the launcher, which then stops things in order; it gets
+    `lifeline` if the launcher dies without stopping it."""
     with logfile.open("ab") as out:
         return subprocess.Popen(
-            cmd,
+            with_lifeline(cmd, lifeline),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -101,39 +104,18 @@ def _wait_ready(
         time.sleep(0.1)
 
 
-def _stop_all(procs: list[subprocess.Popen[bytes]], sig: int, grace: float) -> None:
-    """Signal processes we started (by PID only), then SIGKILL stragglers. Bounded."""
-    live = [p for p in procs if p.poll() is None]
-    for p in live:
-        # Each child leads its own process group (start_new_session), so signalling the group
-        # also reaches anything it started itself, e.g. uvicorn's workers.
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, sig)
-    deadline = time.monotonic() + grace
-    for p in live:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:  # e.g. stuck in D state: never hang
-                log(f"warning: pid {p.pid} did not die")
-
-
-@contextmanager
-def _shielded() -> Iterator[None]:
-    """Ignore SIGINT/SIGTERM during cleanup: a second Ctrl-C must not leak servers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+def _scratch(prefix: str, parent: str | None = None) -> Path:
+    """A new temporary directory, marked with this launcher's PID. Those of launchers that died
+    without cleaning up (SIGKILL: their servers died with them) are removed first."""
+    base = Path(parent or tempfile.gettempdir())
+    for old in base.glob(f"{prefix}*"):
+        with suppress(OSError, ValueError):
+            pid = int((old / "launcher.pid").read_text())
+            if not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    (tmp / "launcher.pid").write_text(str(os.getpid()))
+    return tmp
 
 
 def _apt_install(package: str) -> bool:
@@ -222,7 +204,7 @@ def _start_pg(stack: ExitStack, fast: bool) -> str:
         base = Path(tempfile.gettempdir()).resolve()
         if not all(p.stat().st_mode & stat.S_IXOTH for p in (base, *base.parents)):
             tmp_parent = "/tmp"
-    tmp = Path(tempfile.mkdtemp(prefix="devstack-pg-", dir=tmp_parent))
+    tmp = _scratch("devstack-pg-", tmp_parent)
     stack.callback(shutil.rmtree, tmp, ignore_errors=True)
     data, logfile = tmp / "data", tmp / "postgres.log"
     data.mkdir(mode=0o700)
@@ -240,7 +222,7 @@ def _start_pg(stack: ExitStack, fast: bool) -> str:
     if "--no-instructions" in _output([initdb[0], "--help"]):  # PostgreSQL >= 13
         initdb.append("--no-instructions")
     init = _spawn(initdb, logfile, cwd=data, **as_owner)
-    stack.callback(_stop_all, [init], signal.SIGTERM, 5.0)  # only matters if hung
+    stack.callback(stop_all, [init], signal.SIGTERM, 5.0)  # only matters if hung
     try:
         rc = init.wait(timeout=120)
     except subprocess.TimeoutExpired:
@@ -255,9 +237,10 @@ def _start_pg(stack: ExitStack, fast: bool) -> str:
     cmd = [str(bindir / "postgres"), "-D", str(data), "-k", str(data)]
     cmd += ["-h", "127.0.0.1", "-p", str(port)]
     cmd += [arg for setting in settings for arg in ("-c", setting)]
-    proc = _spawn(cmd, logfile, cwd=data, **as_owner)
+    # SIGINT is PostgreSQL's fast shutdown, also when the launcher dies.
+    proc = _spawn(cmd, logfile, signal.SIGINT, cwd=data, **as_owner)
     # SIGINT = PostgreSQL "fast" shutdown; 10 s then SIGKILL.
-    stack.callback(_stop_all, [proc], signal.SIGINT, 10.0)
+    stack.callback(stop_all, [proc], signal.SIGINT, 10.0)
 
     admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     _wait_ready("PostgreSQL", proc, lambda: _pg_reachable(admin, timeout=1), logfile)
@@ -287,14 +270,14 @@ def _start_redis(stack: ExitStack) -> str:
         exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     if exe is None or not Path(exe).exists():
         raise DevstackError("redis-server not found; install 'redis-server' or set REDIS_URL")
-    tmp = Path(tempfile.mkdtemp(prefix="devstack-redis-"))
+    tmp = _scratch("devstack-redis-")
     stack.callback(shutil.rmtree, tmp, ignore_errors=True)
     logfile, port = tmp / "redis.log", _free_port()
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     cmd += ["--appendonly", "no", "--daemonize", "no"]
     cmd += ["--dir", str(tmp), "--logfile", str(logfile)]
     proc = _spawn(cmd, logfile)  # the log also gets errors from before --logfile applies
-    stack.callback(_stop_all, [proc], signal.SIGTERM, 5.0)
+    stack.callback(stop_all, [proc], signal.SIGTERM, 5.0)
     url = f"redis://127.0.0.1:{port}/0"
     _wait_ready("Redis", proc, lambda: _redis_reachable(url, timeout=1), logfile)
     return url
@@ -343,23 +326,8 @@ def services(fast: bool = False) -> Iterator[dict[str, str]]:
         log("using " + "; ".join(notes))
         yield env
     finally:
-        with _shielded():
+        with shielded():
             stack.close()
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM -> Terminated (a KeyboardInterrupt), so both take the cleanup path.
-
-    SIGINT is (re)installed explicitly: a parent that started us as a background job
-    may have set it to SIG_IGN, which Python would otherwise keep (and pass on to the
-    children, who then could not be interrupted either).
-    """
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def child_env(svc: dict[str, str]) -> dict[str, str]:
@@ -368,92 +336,18 @@ def child_env(svc: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _exit_code(rc: int) -> int:
-    return 128 - rc if rc < 0 else rc  # killed by signal N -> 128+N, like a shell
-
-
 def run_exec(cmd: list[str], fast: bool) -> int:
     with services(fast) as svc:
         # Own session: terminal Ctrl-C reaches only us. We forward the signal we got
         # (so e.g. pytest still prints its summary), escalating to SIGKILL after 5 s.
-        proc = subprocess.Popen(cmd, env=child_env(svc), start_new_session=True)
+        proc = subprocess.Popen(with_lifeline(cmd), env=child_env(svc), start_new_session=True)
         try:
-            return _exit_code(proc.wait())
+            return exit_code(proc.wait())
         except KeyboardInterrupt as e:
-            with _shielded():
+            with shielded():
                 sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-                _stop_all([proc], sig, STOP_GRACE)
-            return 130 if proc.returncode is None else _exit_code(proc.returncode)
-
-
-def _names(cmds: list[list[str]]) -> list[str]:
-    raw = [a[a.index("-m") + 1] if "-m" in a[:-1] else Path(a[0]).name for a in cmds]
-    return [n if raw.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(raw)]
-
-
-def _pump(proc: subprocess.Popen[bytes], prefix: bytes, lock: threading.Lock) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        with lock:
-            sys.stdout.buffer.write(prefix + line)
-            sys.stdout.buffer.flush()
-
-
-def run_serve(
-    cmds: list[list[str]], fast: bool, setup: list[str] | None = None, announce: str = ""
-) -> int:
-    names = _names(cmds)
-    width = max(len(n) for n in names)
-    with services(fast) as svc:
-        env = child_env(svc)
-        env.setdefault("PYTHONUNBUFFERED", "1")  # output goes through a pipe now
-        # A development stack still guards operator routes: generate a token when none is set.
-        env.setdefault("VOTELEDGER_OPERATOR_TOKEN", secrets.token_urlsafe(24))
-        if setup:
-            rc = subprocess.run(setup, env=env, stdin=subprocess.DEVNULL).returncode
-            if rc != 0:
-                log(f"setup command failed with code {rc}: {shlex.join(setup)}")
-                return _exit_code(rc)
-        if announce:
-            sys.stdout.write(announce.replace("\\n", "\n").format_map(env) + "\n")
-            sys.stdout.flush()
-        procs: list[subprocess.Popen[bytes]] = []
-        pumps: list[threading.Thread] = []
-        lock = threading.Lock()
-        rc = 0
-        try:
-            for name, argv in zip(names, cmds, strict=True):
-                p = subprocess.Popen(
-                    argv,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                procs.append(p)
-                prefix = f"{name:<{width}} | ".encode()
-                t = threading.Thread(target=_pump, args=(p, prefix, lock), daemon=True)
-                t.start()
-                pumps.append(t)
-            while True:
-                exited = [i for i, p in enumerate(procs) if p.poll() is not None]
-                if exited:
-                    p = procs[exited[0]]
-                    rc = _exit_code(p.returncode)
-                    log(f"{names[exited[0]]} (pid {p.pid}) exited with code {rc}")
-                    break
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            # Ctrl-C or SIGTERM is how a served stack is meant to stop: not a failure.
-            log("stopping")
-            rc = 0
-        finally:
-            with _shielded():
-                _stop_all(procs, signal.SIGTERM, STOP_GRACE)
-                for t in pumps:
-                    t.join(timeout=1)
-        return rc
+                stop_all([proc], sig, STOP_GRACE)
+            return 130 if proc.returncode is None else exit_code(proc.returncode)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         if ns.mode == "exec":
             return run_exec(argvs[0], ns.fast)
         setup = shlex.split(ns.setup) if ns.setup else None
-        return run_serve(argvs, ns.fast, setup, ns.announce)
+        with services(ns.fast) as svc:
+            env = child_env(svc)
+            env.setdefault("PYTHONUNBUFFERED", "1")  # output goes through a pipe
+            # A development stack still guards operator routes: generate a token when none is set.
+            env.setdefault("VOTELEDGER_OPERATOR_TOKEN", secrets.token_urlsafe(24))
+            return serve(argvs, env, setup, ns.announce)
     except DevstackError as e:
         log(f"error: {e}")
         return 1
