@@ -7,6 +7,7 @@ import uuid
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from cli.common import JsonOpt, console, err, with_command_pool
 from commands.agents import Listed, NotFound, list_agents, register_agent, revoke_agent
@@ -45,7 +46,9 @@ def agents_list(as_json: JsonOpt = False) -> None:
     table = Table("agent_id", "name", "created", "revoked")
     for a in agents:
         revoked = f"{a.revoked_at or ''}"
-        table.add_row(str(a.agent_id), a.name, f"{a.created_at:%Y-%m-%d %H:%M}", revoked)
+        # A name is whatever its registrant chose: as Text it is shown as is, never read as
+        # markup (`[/bold]` would raise, `[red]` would colour the rest of the row).
+        table.add_row(str(a.agent_id), Text(a.name), f"{a.created_at:%Y-%m-%d %H:%M}", revoked)
     console.print(table)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import psycopg
 import typer
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -16,6 +17,7 @@ from cli import catalogue
 from cli.common import JsonOpt, console, err, with_command_pool
 from cli.progress import counting
 from commands.catalogue import AlreadyExists, list_item
+from commands.models import ItemIn
 
 app = typer.Typer(help="The catalogue.", no_args_is_help=True)
 # `items import` shows this many rejected rows; --json lists them all.
@@ -24,18 +26,21 @@ _SHOWN_REJECTIONS = 50
 
 @app.command("add")
 def items_add(item_id: str, item_type: str, title: str) -> None:
-    """List one item in the catalogue."""
-    if item_type not in ("song", "tool"):
-        err.print("[red]item_type must be song or tool[/]")
+    """List one item in the catalogue. Exit codes: 0 listed, 1 it exists already, 2 invalid."""
+    try:
+        item = ItemIn.model_validate({"item_id": item_id, "item_type": item_type, "title": title})
+    except ValidationError as exc:
+        # The model of POST /api/v1/items, so the CLI lists nothing the API would refuse.
+        err.print(f"[red]invalid item:[/] {escape(catalogue.describe(exc))}")
         raise typer.Exit(2)
     try:
         position = with_command_pool(
-            lambda pool: list_item(pool, item_id, item_type, title)  # type: ignore[arg-type]
+            lambda pool: list_item(pool, item.item_id, item.item_type, item.title)
         )
     except AlreadyExists:
-        err.print(f"[red]item {item_id!r} already exists[/]")
+        err.print(f"[red]item {escape(repr(item.item_id))} already exists[/]")
         raise typer.Exit(1)
-    console.print(f"listed {item_id} at position {position}")
+    console.print(f"listed {escape(item.item_id)} at position {position}")
 
 
 FileArg = Annotated[Path, typer.Argument(help="CSV (item_id,item_type,title) or JSON lines")]

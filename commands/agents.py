@@ -21,10 +21,9 @@ from events.types import AgentRegistered, AgentRevoked
 from infra.metrics import EVENTS_APPENDED
 
 _INSERT_AGENT = "INSERT INTO agents (agent_id, name, key_digest) VALUES (%s, %s, %s)"
-_REVOKE_AGENT = """
-UPDATE agents SET revoked_at = now() WHERE agent_id = %s AND revoked_at IS NULL RETURNING agent_id
-"""
-_AGENT_EXISTS = "SELECT 1 FROM agents WHERE agent_id = %s"
+# FOR UPDATE: two revocations of one agent are serialised, so only one appends AgentRevoked.
+_LOCK_AGENT = "SELECT revoked_at IS NOT NULL FROM agents WHERE agent_id = %s FOR UPDATE"
+_REVOKE_AGENT = "UPDATE agents SET revoked_at = now() WHERE agent_id = %s"
 _AGENT_BY_KEY = "SELECT agent_id, revoked_at FROM agents WHERE key_digest = %s"
 _COPY_AGENTS = "COPY agents (agent_id, name, key_digest) FROM STDIN"
 _LIST_AGENTS = "SELECT agent_id, name, created_at, revoked_at FROM agents ORDER BY created_at"
@@ -69,13 +68,20 @@ async def register_agent(pool: AsyncConnectionPool, name: str = "") -> NewAgent:
 
 
 async def revoke_agent(pool: AsyncConnectionPool, agent_id: uuid.UUID) -> int | None:
-    """Revoke an agent's key; returns the event position, or None if it was already revoked."""
+    """Revoke an agent's key; returns the event position, or None if it was already revoked.
+
+    The event comes first: the database lets `revoked_at` be set only in a transaction that has
+    appended the agent's AgentRevoked (0006_guards.sql), so a bare UPDATE cannot revoke behind
+    the ledger's back.
+    """
     async with pool.connection() as conn, conn.transaction():
-        if await (await conn.execute(_REVOKE_AGENT, (agent_id,))).fetchone() is None:
-            if await (await conn.execute(_AGENT_EXISTS, (agent_id,))).fetchone() is None:
-                raise NotFound(str(agent_id))
+        row = await (await conn.execute(_LOCK_AGENT, (agent_id,))).fetchone()
+        if row is None:
+            raise NotFound(str(agent_id))
+        if row[0]:
             return None
         position, _ = await store.append(conn, AgentRevoked(agent_id=agent_id))
+        await conn.execute(_REVOKE_AGENT, (agent_id,))
     EVENTS_APPENDED.labels("AgentRevoked").inc()
     return position
 

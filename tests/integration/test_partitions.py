@@ -202,7 +202,7 @@ def test_verify_folds_the_same_model(archive: Archive) -> None:
 def test_new_events_land_in_live_partitions(archive: Archive) -> None:
     """Appends go to the live month; one dated in an archived month falls to the DEFAULT."""
     event = ItemListed(item_id=f"song-{uuid.uuid4().hex[:8]}", item_type="song", title="t")
-    with psycopg.connect(_role_url(archive.url, "command")) as conn:
+    with psycopg.connect(archive.url) as conn:  # only the owner sets recorded_at
         store.append_many_sync(conn, [(event, None), (event, _at(OLDEST, 15))])
     with psycopg.connect(archive.url) as conn:
         rows = conn.execute(

@@ -14,18 +14,18 @@ from infra.settings import Settings
 APP_ROLES = ["command", "projector", "query"]
 
 
-def probe_payload() -> str:
-    """A valid event payload, so later readers of this session's ledger can decode it."""
-    return encode(
-        ItemListed(item_id=f"probe-{uuid.uuid4().hex[:12]}", item_type="tool", title="probe")
-    ).decode()
+def probe() -> tuple[str, str]:
+    """A valid event's item_id and payload: later readers of this session's ledger decode it."""
+    item_id = f"probe-{uuid.uuid4().hex[:12]}"
+    return item_id, encode(ItemListed(item_id=item_id, item_type="tool", title="probe")).decode()
 
 
 @pytest.fixture
 def one_event(admin_conn: psycopg.Connection) -> Iterator[int]:
     position = admin_conn.execute(
-        "INSERT INTO events (event_type, payload) VALUES ('ItemListed', %s) RETURNING position",
-        (probe_payload(),),
+        "INSERT INTO events (event_type, item_id, payload) VALUES ('ItemListed', %s, %s) "
+        "RETURNING position",
+        probe(),
     ).fetchone()
     assert position is not None
     yield position[0]
@@ -106,10 +106,10 @@ def test_events_land_in_their_month(settings: Settings, admin_conn: psycopg.Conn
     """An event is stored in the partition of the month it was recorded in."""
     with psycopg.connect(settings.url_for("command")) as conn:
         row = conn.execute(
-            "INSERT INTO events (event_type, recorded_at, payload) "
-            "VALUES ('ItemListed', now(), %s) "
+            "INSERT INTO events (event_type, item_id, payload) "
+            "VALUES ('ItemListed', %s, %s) "
             "RETURNING position, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY_MM')",
-            (probe_payload(),),
+            probe(),
         ).fetchone()
         conn.commit()
     assert row is not None
@@ -120,17 +120,17 @@ def test_default_partition_catches_rows_outside_every_month(
     settings: Settings, admin_conn: psycopg.Connection
 ) -> None:
     """A row recorded far outside the created months is stored, in events_default."""
-    with psycopg.connect(settings.url_for("command")) as conn:
-        row = conn.execute(
-            "INSERT INTO events (event_type, recorded_at, payload) "
-            "VALUES ('ItemListed', '2099-06-15T00:00:00Z', %s) RETURNING position",
-            (probe_payload(),),
-        ).fetchone()
-        conn.commit()
+    # Only the owner sets recorded_at (application roles get the database clock).
+    row = admin_conn.execute(
+        "INSERT INTO events (event_type, item_id, recorded_at, payload) "
+        "VALUES ('ItemListed', %s, '2099-06-15T00:00:00Z', %s) RETURNING position",
+        probe(),
+    ).fetchone()
     assert row is not None
     assert _partition_of(admin_conn, row[0]) == "events_default"
-    # That month cannot get its own partition without moving immutable rows: skipped, not failed.
-    assert "events_2099_06" not in ensure_partitions(admin_conn, "2099-06-01", 0)
+    # Partitions are only created within a window (0006_guards.sql), so that month never gets one.
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        ensure_partitions(admin_conn, "2099-06-01", 0)
 
 
 def test_partitions_are_created_ahead_and_idempotently(admin_conn: psycopg.Connection) -> None:
