@@ -8,12 +8,14 @@ import dataclasses
 import json
 import logging
 import signal
+import threading
 import time
+from http.server import ThreadingHTTPServer
 from typing import Annotated
 
 import psycopg
 import typer
-from prometheus_client import start_http_server
+from prometheus_client.exposition import MetricsHandler
 from rich.markup import escape
 from rich.table import Table
 
@@ -27,13 +29,14 @@ from cli.common import (
     tune_gc_for_bulk_work,
 )
 from cli.progress import Phases
-from events.store import Checkpoint
+from events.store import Checkpoint, Undecodable
 from infra.settings import Settings
 from projections import verify
+from projections.health import HEALTH
 from projections.model import Changes
 from projections.rebuild import RebuildError, rebuild
 from projections.runner import run_worker
-from projections.status import status
+from projections.status import ProjectionStatus, status
 from projections.stores import connect, open_store
 
 MetricsPort = Annotated[
@@ -50,9 +53,37 @@ def project_command(projection: ProjectionArgs = None, metrics_port: MetricsPort
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     port = config.metrics_port if metrics_port is None else metrics_port
     if port:
-        start_http_server(port, addr=config.metrics_addr)
+        serve_metrics(config.metrics_addr, port)
         console.print(f"projector metrics on http://{config.metrics_addr}:{port}/metrics")
     asyncio.run(_project_until_stopped(config, chosen))
+
+
+class _Handler(MetricsHandler):
+    """prometheus_client's /metrics, and /healthz: 200 while every projection of this worker
+    goes on, 503 with the reasons while one is stalled."""
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != "/healthz":
+            return super().do_GET()
+        problems = HEALTH.problems()
+        body = json.dumps({"ok": not problems, "stalled": problems}).encode()
+        self.send_response(503 if problems else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return None
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes and probes are not worth a log line each."""
+
+
+def serve_metrics(addr: str, port: int) -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz on a daemon thread (port 0: any free port)."""
+    server = ThreadingHTTPServer((addr, port), _Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    return server
 
 
 async def _project_until_stopped(config: Settings, chosen: tuple[str, ...]) -> None:
@@ -99,7 +130,8 @@ def verify_command(
 ) -> None:
     """Fold the ledger independently and compare it with the live read models.
 
-    Exit codes: 0 equal, 1 differences found, 2 usage, 3 a store unreachable.
+    Exit codes: 0 equal, 1 differences found, 2 usage, 3 a store unreachable, 4 an event in the
+    ledger cannot be folded (its position and reason are printed).
     """
     config, names = settings(), projections(projection)
     tune_gc_for_bulk_work()
@@ -109,6 +141,11 @@ def verify_command(
     except (psycopg.OperationalError, OSError) as exc:
         err.print(f"[red]cannot reach a store:[/] {exc}")
         raise typer.Exit(3)
+    except Undecodable as exc:
+        if as_json:
+            print(json.dumps({"undecodable": {"position": exc.position, "reason": exc.reason}}))
+        err.print(f"[red]cannot fold the event at position {exc.position}:[/] {escape(exc.reason)}")
+        raise typer.Exit(4)
     if as_json:
         print(json.dumps([_outcome_json(o) for o in outcomes]))
     else:
@@ -160,7 +197,8 @@ def _print_outcome(o: verify.Outcome) -> None:
 
 
 def status_command(as_json: JsonOpt = False) -> None:
-    """Per projection: generation, checkpoint, ledger head, lag, lease holder, held-back reader."""
+    """Per projection: generation, checkpoint, ledger head, lag, lease holder, held-back reader,
+    and whether it is stalled. Exit codes: 0 every projection goes on, 1 one is stalled."""
     report = asyncio.run(status(settings()))
     for name, why in report.unreachable.items():
         err.print(f"[yellow]{name} unreachable:[/] {escape(why)}")
@@ -168,14 +206,27 @@ def status_command(as_json: JsonOpt = False) -> None:
     if as_json:
         rows = [dataclasses.asdict(r) for r in report.projections]
         print(json.dumps({"projections": rows, "oldest_open_transaction_seconds": held}))
-        return
-    table = Table("projection", "generation", "watermark", "head", "lag", "lag s", "lease holder")
-    for r in report.projections:
+    else:
+        _print_status(report.projections, held)
+    if report.stalled:
+        raise typer.Exit(1)
+
+
+def _print_status(rows: list[ProjectionStatus], held: float) -> None:
+    columns = ("projection", "generation", "watermark", "head", "lag", "lag s", "progress s")
+    table = Table(*columns, "lease holder", "stalled")
+    for r in rows:
         holder = f"{r.lease_holder or '-'} (fence {r.lease_fence})"
         lag = (f"{r.lag_events}", f"{r.lag_seconds:.1f}")
-        table.add_row(
-            r.projection, str(r.generation), f"{r.watermark}", f"{r.ledger_head}", *lag, holder
-        )
+        age = "-" if r.progress_age_seconds is None else f"{r.progress_age_seconds:.0f}"
+        stalled = f"[red]at {r.stalled['position']}" if r.stalled else "-"
+        where = (r.projection, str(r.generation), f"{r.watermark}", f"{r.ledger_head}")
+        table.add_row(*where, *lag, age, holder, stalled)
     console.print(table)
+    for r in rows:
+        if r.stalled:
+            why = escape(str(r.stalled["reason"]))
+            line = f"[red]{r.projection} stalled at position {r.stalled['position']}:[/] {why}"
+            console.print(line, soft_wrap=True)
     warn = "[yellow]" if held > 5 else ""
     console.print(f"{warn}oldest open transaction: {held:.1f} s (it holds every projection back)")

@@ -14,8 +14,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from events.codec import decode, encode, encode_all, event_type
+from events.codec import DecodeError, decode, encode, encode_all, event_type
 from events.types import AgentRegistered, AgentRevoked, Event, ItemListed, Recorded, VoteCast
+
+
+class Undecodable(Exception):
+    """An event in the ledger that cannot be read as an event: the reader stops just before it."""
+
+    def __init__(self, position: int, tx_id: int, reason: str) -> None:
+        super().__init__(f"position {position}: {reason}")
+        self.position = position
+        self.tx_id = tx_id
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -153,11 +163,14 @@ def append_many_sync(
 # the snapshot's xmin belongs to a transaction that has finished, and no transaction that is still
 # running or yet to start can get an id below it. Reading only those, in (tx_id, position) order,
 # means nothing can ever appear behind the checkpoint. Writers never wait for readers or each other.
+# A timestamptz may lie outside what Python's datetime holds (years 1 to 9999): such a time reads
+# as NULL, so that one event is reported as undecodable instead of the whole batch failing.
 _READ_BATCH = """
 SELECT s.xmin::text, e.position, e.tx_id::text, e.recorded_at, e.payload::text
 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) AS s
 LEFT JOIN LATERAL (
-    SELECT position, tx_id, recorded_at, payload
+    SELECT position, tx_id, payload, CASE WHEN recorded_at >= '0001-01-01 00:00:00+00'
+        AND recorded_at < '9999-12-31 00:00:00+00' THEN recorded_at END AS recorded_at
     FROM ledger
     WHERE (tx_id, position) > (%(tx_id)s::text::xid8, %(position)s)
       AND tx_id < s.xmin
@@ -214,12 +227,29 @@ async def read_batch(conn: psycopg.AsyncConnection, after: Checkpoint, limit: in
     )
     rows = await cur.fetchall()
     xmin = int(rows[0][0])
-    events = [
-        Recorded(position=position, tx_id=int(tx_id), recorded_at=at, event=decode(payload))
-        for _, position, tx_id, at, payload in rows
-        if position is not None
-    ]
+    events: list[Recorded] = []
+    for _, position, tx_id, at, payload in rows:
+        if position is None:
+            break
+        try:
+            events.append(recorded(position, int(tx_id), at, payload))
+        except Undecodable:
+            if not events:
+                raise
+            # Cut just before the bad event: everything before it is still applied, and the
+            # next read starts at it (and raises).
+            return Batch(events, xmin, bound, allocated, complete=False)
     return Batch(events, xmin, bound, allocated, complete=len(events) < limit)
+
+
+def recorded(position: int, tx_id: int, at: datetime | None, payload: str) -> Recorded:
+    """One ledger row as a Recorded event; Undecodable when it is none."""
+    if at is None:
+        raise Undecodable(position, tx_id, "recorded_at is outside the years 1 to 9999")
+    try:
+        return Recorded(position=position, tx_id=tx_id, recorded_at=at, event=decode(payload))
+    except DecodeError as exc:
+        raise Undecodable(position, tx_id, f"payload does not decode: {exc}") from exc
 
 
 # As the newest transaction id in the ledger, not as EXISTS (... tx_id >= xmin): the planner
@@ -250,33 +280,26 @@ async def oldest_open_transaction(conn: psycopg.AsyncConnection) -> float:
     return float(row[0]) if row and row[0] is not None else 0.0
 
 
-# Events up to a checkpoint in read order, (tx_id, position) <= the checkpoint's pair, but in
-# position order: a plain reading that shares nothing with the gap-safe reader. COPY is the
-# fastest way out of PostgreSQL; it takes no parameters, hence the literals.
+# Events up to a checkpoint in read order, (tx_id, position) <= the checkpoint's pair: a plain
+# reading that shares nothing with the gap-safe reader but the order, which the trending clock
+# is defined in (projections.model). COPY is the fastest way out of PostgreSQL; it takes no
+# parameters, hence the literals. Times outside Python's range read as NULL (see _READ_BATCH).
 _COPY_UPTO = """
 COPY (
-    SELECT position, tx_id::text, recorded_at, payload::text FROM ledger
+    SELECT position, tx_id::text, CASE WHEN recorded_at >= '0001-01-01 00:00:00+00'
+        AND recorded_at < '9999-12-31 00:00:00+00' THEN recorded_at END, payload::text
+    FROM ledger
     WHERE (tx_id, position) <= ({tx_id}::text::xid8, {position})
-    ORDER BY position
+    ORDER BY tx_id, position
 ) TO STDOUT
 """
-_NEWEST_UPTO = """
-SELECT extract(epoch FROM max(recorded_at)) FROM ledger
-WHERE (tx_id, position) <= (%s::text::xid8, %s)
-"""
-
-
-async def newest_upto(conn: psycopg.AsyncConnection, upto: Checkpoint) -> float | None:
-    """The time (epoch seconds) of the newest event up to `upto`, or None for none."""
-    row = await (await conn.execute(_NEWEST_UPTO, (str(upto.tx_id), upto.position))).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 async def read_upto(conn: psycopg.AsyncConnection, upto: Checkpoint) -> AsyncIterator[Recorded]:
-    """Every event up to `upto` (in read order), streamed in position order."""
+    """Every event up to `upto`, streamed in read order; Undecodable at an event that is none."""
     await conn.execute("SET TIME ZONE 'UTC'")
     statement = sql.SQL(_COPY_UPTO).format(tx_id=str(upto.tx_id), position=upto.position)
     async with conn.cursor().copy(statement) as copy:
         copy.set_types(["int8", "text", "timestamptz", "text"])
         async for position, tx_id, at, payload in copy.rows():
-            yield Recorded(position, int(tx_id), at, decode(payload))
+            yield recorded(position, int(tx_id), at, payload)

@@ -76,3 +76,18 @@ PROJECTION_LEASE_HELD = Gauge(
     "1 while this worker holds the projection's lease",
     ["projection"],
 )
+PROJECTION_STALLED = Gauge(
+    "voteledger_projection_stalled",
+    "1 while the projection stands before an event it cannot fold (see the position gauge)",
+    ["projection"],
+)
+PROJECTION_STALLED_POSITION = Gauge(
+    "voteledger_projection_stalled_position",
+    "The position of the event a stalled projection cannot fold (0 when not stalled)",
+    ["projection"],
+)
+PROJECTION_PROGRESS_AT = Gauge(
+    "voteledger_projection_progress_timestamp_seconds",
+    "When the projection's watermark last moved (an alert compares it with the lag)",
+    ["projection"],
+)

@@ -46,13 +46,16 @@ local function wilson(up, down)
 end
 
 -- Moving the trending epoch: every stored sum is rescaled by the same factor (ranks unchanged).
+-- Sums too small to survive it become 0, as in projections/model.py and the PostgreSQL store.
 if a.factor ~= '1.0' and cur[4] then
-    local factor = tonumber(a.factor)
+    local factor, keep = tonumber(a.factor), tonumber(a.keep)
     for _, item_type in ipairs(a.item_types) do
         local key = ns .. ':trend:' .. item_type
         local all = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
         for i = 1, #all, 2 do
-            redis.call('ZADD', key, num(tonumber(all[i + 1]) * factor), all[i])
+            local score = tonumber(all[i + 1])
+            if math.abs(score) >= keep then score = score * factor else score = 0 end
+            redis.call('ZADD', key, num(score), all[i])
         end
     end
 end
@@ -82,8 +85,9 @@ for _, d in ipairs(a.days) do
     redis.call('EXPIREAT', key, d.expire_at)
 end
 
+-- `head`: the ledger head as the worker last saw it, so readers can refuse positions beyond it.
 redis.call('HSET', meta, 'tx_id', a.to_tx, 'position', a.to_pos, 'watermark', a.watermark,
-           'fence', a.fence, 'epoch', a.epoch)
+           'fence', a.fence, 'epoch', a.epoch, 'head', a.head)
 -- "live": this generation has caught up with the ledger at least once, so readers may use it.
 if a.live then
     redis.call('HSET', meta, 'live', 1)

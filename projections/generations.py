@@ -2,8 +2,10 @@
 
 Each store has its own pointer, so each can be rebuilt on its own: PostgreSQL's is the one row of
 `read_model_generation`, Redis's the string `<prefix>:generation`. A Redis without its pointer
-(first start, or flushed) follows PostgreSQL's. Every read of a pointer goes through here; the
-switches happen in the stores' modules, each under its own check (see `switch` there).
+(first start, or flushed) follows PostgreSQL's. The Redis read models also record which ledger
+they are of (`<prefix>:ledger`), so a Redis reused by another ledger is cleared, not projected
+onto. Every read of a pointer goes through here; the switches happen in the stores' modules,
+each under its own check (see `switch` there).
 """
 
 from __future__ import annotations
@@ -59,3 +61,44 @@ async def redis(client: aioredis.Redis, prefix: str, fallback: Callable[[], Awai
 async def claim_redis(client: aioredis.Redis, prefix: str, generation: int) -> None:
     """Set the Redis pointer unless it is set already (a first start, or a flushed Redis)."""
     await client.set(redis_key(prefix), generation, nx=True)
+
+
+# --- which ledger the Redis read models are of ---------------------------------------------------
+
+_LEDGER_ID = "SELECT ledger_id::text FROM ledger_identity"
+
+
+async def ledger_id(conn: psycopg.AsyncConnection) -> str:
+    """The id `migrate` gave this ledger (0007_projection_health.sql)."""
+    row = await (await conn.execute(_LEDGER_ID)).fetchone()
+    assert row is not None, "ledger_identity has no row: run `voteledger migrate`"
+    return str(row[0])
+
+
+def ledger_key(prefix: str) -> str:
+    return f"{prefix}:ledger"
+
+
+async def adopt_redis(client: aioredis.Redis, prefix: str, ledger: str) -> str | None:
+    """Make the Redis read models under `prefix` this ledger's. Models recorded as another
+    ledger's, or models with no ledger recorded, are cleared (with the pointer) so that they are
+    rebuilt from the start of this ledger, never projected onto; returns what they were recorded
+    as then ("unrecorded" for none), None when nothing was cleared."""
+    raw = await client.get(ledger_key(prefix))
+    stored = raw.decode() if isinstance(raw, bytes) else raw
+    if stored == ledger:
+        return None
+    found = await _generation_keys(client, prefix)
+    if found or stored is not None:
+        for start in range(0, len(found), 1000):
+            await client.unlink(*found[start : start + 1000])
+        await client.delete(redis_key(prefix))
+    await client.set(ledger_key(prefix), ledger)
+    if not found and stored is None:
+        return None
+    return stored or "unrecorded"
+
+
+async def _generation_keys(client: aioredis.Redis, prefix: str) -> list[bytes]:
+    """Every key of every generation under `prefix` (they share the tag `{prefix:gN}`)."""
+    return [key async for key in client.scan_iter(match=f"{{{prefix}:g*", count=1000)]

@@ -1,6 +1,6 @@
 """The read models as pure folds: no I/O, no clock, no logging.
 
-`fold(events, epoch, half_life)` turns a batch of recorded events into `Changes`: per item and per
+`fold(events, since, half_life)` turns a batch of recorded events into `Changes`: per item and per
 (UTC day, item), additive amounts. Merging the changes of consecutive batches gives the same read
 model as folding all their events at once, whatever the split (tests/unit/test_model.py proves it).
 Both stores apply `Changes` as increments, with their checkpoint, atomically.
@@ -8,13 +8,31 @@ Both stores apply `Changes` as increments, with their checkpoint, atomically.
 Trending uses the log/epoch trick: an exponentially decayed sum  sum(delta_i * 2^-((now - t_i)/h))
 equals  2^-((now - E)/h) * sum(delta_i * 2^((t_i - E)/h))  for any epoch E. The second sum does not
 depend on `now`, so it is updated once per vote and ranks items the same at every instant; it is
-decayed only when shown. It grows as 2^((t - E)/h), so E moves forward ("rebase") once the newest
-event is REBASE_AFTER half-lives past it, and stored sums are rescaled by the same factor.
+decayed only when shown. It grows as 2^((t - E)/h), so E moves forward ("rebase") once an event
+is REBASE_AFTER half-lives past it, and stored sums are rescaled by the same factor.
+
+Any time a row can hold (years 1 to 9999) keeps every value finite, by three rules:
+- The trending clock runs in read order, event by event: an event counts for trending at its own
+  time, but at most LEAD half-lives after the epoch in force before it; the epoch then moves to
+  the hour of that (capped) time when it is more than REBASE_AFTER half-lives ahead. So one event
+  dated in the far future moves the epoch by about LEAD half-lives, scaling every other item by
+  2^-LEAD (still a normal double, ranks kept, decayed values exact), and ranks itself as if
+  recorded LEAD half-lives after the clock; later events at their true times need no rebase, and
+  the epoch never moves back. The price: the first events after a real pause longer than LEAD
+  half-lives count as if recorded earlier, until the clock has caught up (one rebase per event).
+  The clock is a function of the events in read order alone, so any split of a stream into
+  batches gets the same epoch and the same trending times as one fold.
+- An amount smaller than 2^-FLOOR relative to the epoch is 0: a vote FLOOR half-lives older than
+  the epoch, and a stored sum a rebase would scale below that. No value is ever subnormal, and no
+  rescale underflows (PostgreSQL raises on a float8 product that underflows; Lua and Python
+  apply the same rule, with the same threshold from `keep_above`).
+- `decayed` saturates at the largest double instead of overflowing, and 0 stays 0.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -22,6 +40,9 @@ from datetime import UTC, date, datetime
 from events.types import DIRECTION_VALUE, ItemListed, Recorded, VoteCast
 
 REBASE_AFTER = 32  # half-lives: 2^32 leaves a double ~20 significant digits of headroom below 2^53
+LEAD = 256  # half-lives an event may count ahead of the epoch in force (see the module docstring)
+FLOOR = 1000  # amounts below 2^-FLOOR relative to the epoch are 0: never subnormal (2^-1022)
+_MAX = sys.float_info.max
 WILSON_Z = 1.959963984540054  # 95% two-sided
 
 
@@ -39,8 +60,19 @@ def wilson_lower_bound(up: int, down: int, z: float = WILSON_Z) -> float:
 
 
 def decayed(trend: float, epoch: float, at: float, half_life: float) -> float:
-    """A stored trending sum (relative to `epoch`) as decayed net votes at time `at`."""
-    return float(trend * 2.0 ** ((epoch - at) / half_life))
+    """A stored trending sum (relative to `epoch`) as decayed net votes at time `at`; finite for
+    any epoch and instant (saturating at the largest double), and exactly 0 for 0."""
+    if not trend:
+        return 0.0
+    x = (epoch - at) / half_life
+    mantissa, exponent = math.frexp(trend)  # |mantissa| in [0.5, 1)
+    if exponent + x >= 1024:
+        return math.copysign(_MAX, trend)
+    if exponent + x < -1080:
+        return 0.0
+    # Scaling by a power of two is exact: only 2^frac rounds, and mantissa * 2^frac < 2.
+    whole = math.floor(x)
+    return math.ldexp(mantissa * 2.0 ** (x - whole), exponent + whole)
 
 
 @dataclass(slots=True)
@@ -85,22 +117,43 @@ class Changes:
     days: dict[tuple[date, str], DayTotals] = field(default_factory=dict)
 
 
+def trending_times(
+    since: float | None, events: Iterable[Recorded], half_life: float
+) -> tuple[float | None, list[float]]:
+    """The trending clock over a batch (see the module docstring): the epoch after it, and the
+    time each event counts at for trending, given the epoch `since` in force before it."""
+    epoch, times = since, []
+    lead, rebase = LEAD * half_life, REBASE_AFTER * half_life
+    for recorded in events:
+        t = recorded.recorded_at.timestamp()
+        if epoch is not None:
+            t = min(t, epoch + lead)
+        if epoch is None or t - epoch > rebase:
+            epoch = math.floor(t / 3600) * 3600.0
+        times.append(t)
+    return epoch, times
+
+
 def choose_epoch(current: float | None, events: list[Recorded], half_life: float) -> float | None:
-    """The trending epoch for a batch: the current one unless the batch's newest event is too far
-    past it. Moving it to the newest event's hour keeps every contribution below 2^REBASE_AFTER."""
-    if not events:
-        return current
-    newest = max(r.recorded_at.timestamp() for r in events)
-    if current is None or newest - current > REBASE_AFTER * half_life:
-        return math.floor(newest / 3600) * 3600.0
-    return current
+    """The trending epoch after a batch: the current one unless an event is too far past it.
+    Moving it to that event's hour keeps every contribution below about 2^REBASE_AFTER."""
+    return trending_times(current, events, half_life)[0]
 
 
-def fold(events: Iterable[Recorded], epoch: float, half_life: float) -> Changes:
-    """The changes a batch of events makes, with trending relative to `epoch`."""
+def weight(at: float, epoch: float, half_life: float) -> float:
+    """2^((at - epoch)/h): what a vote at `at` adds relative to `epoch`; 0 below 2^-FLOOR."""
+    x = (at - epoch) / half_life
+    return 0.0 if x < -FLOOR else float(2.0**x)
+
+
+def fold(events: Iterable[Recorded], since: float | None, half_life: float) -> Changes:
+    """The changes a batch of events makes after the trending epoch `since` (None: none yet);
+    their trending is relative to the epoch after the batch, `Changes.epoch`."""
+    events = list(events)
+    epoch, times = trending_times(since, events, half_life)
     changes = Changes(epoch=epoch)
     items, days = changes.items, changes.days
-    for recorded in events:
+    for recorded, trend_at in zip(events, times, strict=True):
         event = recorded.event
         if isinstance(event, VoteCast):
             at = recorded.recorded_at
@@ -116,7 +169,8 @@ def fold(events: Iterable[Recorded], epoch: float, half_life: float) -> Changes:
             if item.last_vote_at is None or at > item.last_vote_at:
                 item.last_vote_at = at
             delta = DIRECTION_VALUE[event.direction] - DIRECTION_VALUE[event.previous]
-            item.trend += delta * 2.0 ** ((at.timestamp() - epoch) / half_life)
+            assert epoch is not None  # there is one once an event was seen
+            item.trend += delta * weight(trend_at, epoch, half_life)
             key = (at.astimezone(UTC).date(), event.item_id)
             day = days.get(key)
             if day is None:
@@ -138,8 +192,9 @@ def merge(into: Changes, more: Changes, half_life: float) -> Changes:
     if more.epoch is not None and into.epoch != more.epoch:
         if into.epoch is not None:
             factor = rescale_factor(into.epoch, more.epoch, half_life)
+            keep = keep_above(factor)
             for item in into.items.values():
-                item.trend *= factor
+                item.trend = item.trend * factor if abs(item.trend) >= keep else 0.0
         into.epoch = more.epoch
     for item_id, extra in more.items.items():
         current = into.items.get(item_id)
@@ -174,7 +229,16 @@ def merge(into: Changes, more: Changes, half_life: float) -> Changes:
 
 
 def rescale_factor(old_epoch: float, new_epoch: float, half_life: float) -> float:
-    return float(2.0 ** ((old_epoch - new_epoch) / half_life))
+    """What stored sums are multiplied by when the epoch moves (it only moves forward: <= 1)."""
+    return float(2.0 ** min(0.0, (old_epoch - new_epoch) / half_life))
+
+
+def keep_above(factor: float) -> float:
+    """The smallest stored |sum| a rescale by `factor` keeps: smaller ones become 0, so that no
+    product falls below 2^-FLOOR (never subnormal, never an underflow error in PostgreSQL)."""
+    if factor <= 0.0:
+        return _MAX
+    return min(_MAX, 2.0**-FLOOR / factor)
 
 
 def fold_all(events: Iterable[Recorded], half_life: float, batch: int = 10_000) -> Changes:
@@ -190,9 +254,7 @@ def fold_all(events: Iterable[Recorded], half_life: float, batch: int = 10_000) 
 
 
 def _fold_into(model: Changes, chunk: list[Recorded], half_life: float) -> Changes:
-    epoch = choose_epoch(model.epoch, chunk, half_life)
-    assert epoch is not None
-    return merge(model, fold(chunk, epoch, half_life), half_life)
+    return merge(model, fold(chunk, model.epoch, half_life), half_life)
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:

@@ -18,7 +18,14 @@ from psycopg import sql
 
 from events.store import Checkpoint
 from projections import generations
-from projections.model import Changes, DayTotals, ItemTotals, rescale_factor, wilson_lower_bound
+from projections.model import (
+    Changes,
+    DayTotals,
+    ItemTotals,
+    keep_above,
+    rescale_factor,
+    wilson_lower_bound,
+)
 from projections.readmodel import Coverage, Difference, Dump, Fenced, State, Step, advanced
 
 _REL = 1e-9  # how close a stored Wilson bound must be to the one its counts give
@@ -36,7 +43,7 @@ _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _TEXT = {
     "drop": "DROP SCHEMA IF EXISTS {schema} CASCADE",
     "load": """
-SELECT tx_id::text, position, watermark, trend_epoch, events_applied, last_event_at
+SELECT tx_id::text, position, watermark, trend_epoch, events_applied, last_event_at, ledger_head
 FROM {schema}.checkpoint WHERE projection = 'postgres'
 """,
     # The checkpoint row is updated first: it both checks that nobody moved it (the batch starts
@@ -45,11 +52,18 @@ FROM {schema}.checkpoint WHERE projection = 'postgres'
 UPDATE {schema}.checkpoint
 SET tx_id = %(to_tx)s::text::xid8, position = %(to_pos)s, watermark = %(watermark)s,
     fence = %(fence)s, trend_epoch = %(epoch)s, events_applied = events_applied + %(events)s,
-    last_event_at = coalesce(%(last_event_at)s, last_event_at), updated_at = now()
+    last_event_at = coalesce(%(last_event_at)s, last_event_at),
+    ledger_head = greatest(ledger_head, %(head)s), updated_at = now()
 WHERE projection = 'postgres'
   AND tx_id = %(from_tx)s::text::xid8 AND position = %(from_pos)s AND fence <= %(fence)s
 """,
-    "rescale": "UPDATE {schema}.items SET trend = trend * %s WHERE trend <> 0",
+    # Sums too small to survive the factor become 0 (see projections.model.keep_above): a float8
+    # product that underflows is an error in PostgreSQL.
+    "rescale": """
+UPDATE {schema}.items
+SET trend = CASE WHEN abs(trend) >= %(keep)s THEN trend * %(factor)s ELSE 0 END
+WHERE trend <> 0
+""",
     "items": """
 INSERT INTO {schema}.items AS i (item_id, item_type, title, listed_at, up, down, net, wilson,
                                  trend, first_vote_at, last_vote_at)
@@ -87,7 +101,7 @@ COPY {schema}.items (item_id, item_type, title, listed_at, up, down, net, wilson
     "set_checkpoint": """
 UPDATE {schema}.checkpoint
 SET tx_id = %s::text::xid8, position = %s, watermark = %s, trend_epoch = %s, events_applied = %s,
-    last_event_at = %s, fence = 0, updated_at = now()
+    last_event_at = %s, ledger_head = %s, fence = 0, updated_at = now()
 WHERE projection = 'postgres'
 """,
     "watermark": "SELECT watermark FROM {schema}.checkpoint WHERE projection = 'postgres'",
@@ -134,8 +148,9 @@ class PostgresStore:
         row = await (await self.conn.execute(statements(generation)["load"])).fetchone()
         if row is None:
             return None
-        tx_id, position, watermark, epoch, applied, last_event_at = row
-        return State(Checkpoint(int(tx_id), position), watermark, epoch, applied, last_event_at)
+        tx_id, position, watermark, epoch, applied, last_event_at, head = row
+        checkpoint = Checkpoint(int(tx_id), position)
+        return State(checkpoint, watermark, epoch, applied, last_event_at, head)
 
     async def start(self, generation: int) -> State:
         state = await self.checkpoint(generation)
@@ -155,7 +170,8 @@ class PostgresStore:
                 raise Fenced("postgres checkpoint moved or a newer lease holder wrote")
             if state.epoch is not None and epoch is not None and epoch != state.epoch:
                 factor = rescale_factor(state.epoch, epoch, half_life)
-                await self.conn.execute(q["rescale"], (factor,))
+                rescale = {"factor": factor, "keep": keep_above(factor)}
+                await self.conn.execute(q["rescale"], rescale)
             if changes.items:
                 await self.conn.execute(q["items"], (_json(changes.items),))
             if changes.days:
@@ -216,6 +232,7 @@ def _advance_params(state: State, step: Step, fence: int, epoch: float | None) -
         "epoch": epoch,
         "events": step.events,
         "last_event_at": step.last_event_at,
+        "head": step.head,
     }
 
 
@@ -235,7 +252,8 @@ def _item_row(item_id: str, t: ItemTotals) -> tuple[object, ...]:
 def _checkpoint_row(state: State) -> tuple[object, ...]:
     c = state.checkpoint
     applied = state.events_applied
-    return (str(c.tx_id), c.position, state.watermark, state.epoch, applied, state.last_event_at)
+    at, head = state.last_event_at, state.head
+    return (str(c.tx_id), c.position, state.watermark, state.epoch, applied, at, head)
 
 
 def _read_item(model: Changes, row: tuple[Any, ...]) -> list[Difference]:

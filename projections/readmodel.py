@@ -18,7 +18,7 @@ from datetime import date, datetime
 from typing import Protocol
 
 from events.store import Batch, Checkpoint
-from projections.model import Changes, choose_epoch, fold
+from projections.model import Changes, fold
 
 
 class Fenced(Exception):
@@ -34,6 +34,7 @@ class State:
     epoch: float | None = None
     events_applied: int = 0
     last_event_at: datetime | None = None
+    head: int = 0  # the ledger head (last position drawn) as the worker last saw it
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class Step:
     events: int
     last_event_at: datetime | None
     caught_up: bool = False  # the batch reached everything readable at the time
+    head: int = 0  # the last position drawn when the batch was read (`Batch.allocated`)
 
 
 def step_for(
@@ -53,15 +55,13 @@ def step_for(
     state: State,
     watermark: int,
     half_life: float,
-    fold_batch: Callable[[float], Changes] | None = None,
+    fold_batch: Callable[[float | None], Changes] | None = None,
 ) -> Step:
-    """The step that applies `batch` after `state`; `fold_batch(epoch)` folds its events (by
-    default a fresh fold; a worker passes the fold it shares between its projections)."""
-    epoch = choose_epoch(state.epoch, batch.events, half_life)
-    changes = Changes(epoch)
+    """The step that applies `batch` after `state`; `fold_batch(since)` folds its events after
+    the epoch `since` (by default a fresh fold; a worker passes the fold its projections share)."""
+    changes = Changes(state.epoch)
     if batch.events:
-        assert epoch is not None  # choose_epoch always has one for a non-empty batch
-        changes = (fold_batch or (lambda e: fold(batch.events, e, half_life)))(epoch)
+        changes = (fold_batch or (lambda e: fold(batch.events, e, half_life)))(state.epoch)
     return Step(
         changes,
         batch.checkpoint or state.checkpoint,
@@ -69,6 +69,7 @@ def step_for(
         len(batch.events),
         max((r.recorded_at for r in batch.events), default=None),
         caught_up=batch.complete,
+        head=batch.allocated,
     )
 
 
@@ -81,6 +82,7 @@ def advanced(state: State, step: Step) -> State:
         epoch=step.changes.epoch if step.changes.epoch is not None else state.epoch,
         events_applied=state.events_applied + step.events,
         last_event_at=step.last_event_at or state.last_event_at,
+        head=max(state.head, step.head),
     )
 
 
@@ -105,6 +107,7 @@ class Coverage:
     """What a store keeps of the read model, so that it is compared on that alone."""
 
     days_from: date | None = None  # daily totals before this day are not kept
+    days_until: date | None = None  # nor after this one (a day in the future is no list yet)
     daily_net_only: bool = False  # daily totals hold the net only (in `up`)
     item_times: bool = True  # items keep their first and last vote times
 

@@ -28,7 +28,7 @@ from events import store
 from events.store import Checkpoint
 from infra.settings import Settings
 from projections import verify
-from projections.model import Changes, choose_epoch, fold, merge
+from projections.model import Changes, fold, merge
 from projections.readmodel import Fenced, ReadModelStore, State, step_for
 from projections.stores import connect, open_store
 from projections.watermark import Watermark
@@ -73,17 +73,19 @@ async def _fold_ledger(
     progress.phase("folding the ledger", total=await store.head(conn))
     model, tracker, checkpoint, count = Changes(), Watermark(), Checkpoint(), 0
     while True:
-        batch = await store.read_batch(conn, checkpoint, _BULK_BATCH)
+        try:
+            batch = await store.read_batch(conn, checkpoint, _BULK_BATCH)
+        except store.Undecodable as exc:
+            raise RebuildError(f"cannot fold the event at {exc}") from exc
         tracker.observe(batch)
         if batch.events:
-            epoch = choose_epoch(model.epoch, batch.events, half_life)
-            assert epoch is not None
-            model = merge(model, fold(batch.events, epoch, half_life), half_life)
+            model = merge(model, fold(batch.events, model.epoch, half_life), half_life)
             checkpoint = batch.checkpoint or checkpoint
             count += len(batch.events)
             progress.advance(len(batch.events))
         if batch.complete:
-            return Folded(model, State(checkpoint, tracker.value, model.epoch, count))
+            state = State(checkpoint, tracker.value, model.epoch, count, head=batch.allocated)
+            return Folded(model, state)
 
 
 @dataclass(slots=True)
@@ -102,7 +104,10 @@ class _Building:
         """Apply batches until the reader has caught up and the watermark is at least
         `watermark`."""
         while True:
-            batch = await store.read_batch(self.reader, self.state.checkpoint, _LIVE_BATCH)
+            try:
+                batch = await store.read_batch(self.reader, self.state.checkpoint, _LIVE_BATCH)
+            except store.Undecodable as exc:
+                raise RebuildError(f"cannot fold the event at {exc}") from exc
             reached = self.tracker.observe(batch)
             if batch.events or reached != self.state.watermark:
                 step = step_for(batch, self.state, reached, self.half_life)

@@ -3,7 +3,8 @@
 Every key of one generation shares one hash tag, `{<prefix>:g<N>}`, so one script may touch them
 all and Redis Cluster keeps them in one slot:
 
-  {p:gN}:meta                  hash: checkpoint, watermark, fence, trending epoch, live
+  {p:gN}:meta                  hash: checkpoint, watermark, fence, trending epoch, live, and
+                               `head`: the ledger head (last position drawn) the worker last saw
   {p:gN}:item:<item_id>        hash: item_type, title, up, down, net
   {p:gN}:top:<type>            zset: net score
   {p:gN}:conf:<type>           zset: Wilson lower bound
@@ -12,7 +13,9 @@ all and Redis Cluster keeps them in one slot:
   {p:gN}:changes               stream (capped) and pub/sub channel of change notices
   {p:gN}:pending               hash: changed items waiting for the watermark to move
 
-The pointer `<prefix>:generation` belongs to projections.generations.
+The pointer `<prefix>:generation` and the owner `<prefix>:ledger` (the id of the ledger these read
+models are of: another ledger's are cleared, never projected onto) belong to
+projections.generations.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from redis.commands.core import AsyncScript
 from events.store import Checkpoint
 from events.types import ItemType
 from projections import generations
-from projections.model import Changes, DayTotals, ItemTotals, rescale_factor
+from projections.model import Changes, DayTotals, ItemTotals, keep_above, rescale_factor
 from projections.readmodel import Coverage, Difference, Dump, Fenced, State, Step, advanced
 
 log = logging.getLogger("voteledger.projections")
@@ -102,6 +105,8 @@ class ApplyArgs(msgspec.Struct, frozen=True):
     fence: int
     epoch: str
     factor: str
+    keep: str  # stored sums below this become 0 when rescaled (projections.model.keep_above)
+    head: str
     events: int
     last_event_at: str
     stream_max: int
@@ -156,9 +161,10 @@ def _script(client: aioredis.Redis, name: str) -> AsyncScript:
 
 
 def _daily_expiry(day: date, retention_days: int) -> int:
-    """When a daily list expires: the kept days after the end of its day."""
-    end = datetime.combine(day, datetime.min.time(), UTC) + timedelta(days=retention_days + 1)
-    return int(end.timestamp())
+    """When a daily list expires: the kept days after the end of its day (in seconds, so that a
+    day near the end of year 9999 cannot overflow a datetime)."""
+    start = datetime.combine(day, datetime.min.time(), UTC)
+    return int(start.timestamp()) + (retention_days + 1) * 86400
 
 
 class RedisStore:
@@ -174,12 +180,14 @@ class RedisStore:
         retention_days: int,
         stream_max: int,
         fallback: Callable[[], Awaitable[int]],
+        ledger: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.retention_days = retention_days
         self.stream_max = stream_max
         self.fallback = fallback  # the generation to use while Redis has no pointer
+        self.ledger = ledger  # the id of the ledger projected here (None: not checked)
         self._apply = _script(client, "apply.lua")
         self._dump = _script(client, "dump.lua")
         self._switch = _script(client, "switch.lua")
@@ -205,9 +213,18 @@ class RedisStore:
             float(epoch) if epoch else None,
             int(meta.get(b"events_applied", 0)),
             _when(last),
+            int(meta.get(b"head", 0)),
         )
 
+    async def _adopt(self) -> None:
+        """Make the read models under the prefix this ledger's, clearing another ledger's."""
+        if self.ledger is not None:
+            other = await generations.adopt_redis(self.client, self.prefix, await self.ledger())
+            if other:
+                log.warning("redis %r held ledger %s: cleared, rebuilding", self.prefix, other)
+
     async def start(self, generation: int) -> State:
+        await self._adopt()
         # First start (or a flushed Redis): readers learn the generation from the pointer.
         await generations.claim_redis(self.client, self.prefix, generation)
         state = await self.checkpoint(generation)
@@ -235,6 +252,7 @@ class RedisStore:
         factor = 1.0
         if state.epoch is not None and epoch is not None and epoch != state.epoch:
             factor = rescale_factor(state.epoch, epoch, half_life)
+        keep, head = repr(keep_above(factor)), str(max(state.head, step.head))
         return ApplyArgs(
             from_tx=str(state.checkpoint.tx_id),
             from_pos=str(state.checkpoint.position),
@@ -244,6 +262,8 @@ class RedisStore:
             fence=fence,
             epoch=repr(epoch) if epoch is not None else "",
             factor=repr(factor),
+            keep=keep,
+            head=head,
             events=step.events,
             last_event_at=step.last_event_at.isoformat() if step.last_event_at else "",
             stream_max=self.stream_max,
@@ -257,11 +277,15 @@ class RedisStore:
         )
 
     def _day_changes(self, changes: Changes) -> list[DayChange]:
-        oldest_kept = datetime.now(UTC).date() - timedelta(days=self.retention_days)
+        today = datetime.now(UTC).date()
+        oldest_kept = today - timedelta(days=self.retention_days)
+        newest_kept = today + timedelta(days=1)
         return [
             DayChange(day.isoformat(), t.item_type, item_id, t.net, self._expiry(day))
             for (day, item_id), t in changes.days.items()
-            if day >= oldest_kept  # Redis keeps only the recent days; PostgreSQL keeps them all
+            # Redis keeps only the recent days (not a day of an event dated in the future, which
+            # no reader asks for); PostgreSQL keeps them all.
+            if oldest_kept <= day <= newest_kept
         ]
 
     def _expiry(self, day: date) -> int:
@@ -269,6 +293,7 @@ class RedisStore:
 
     async def write(self, generation: int, model: Changes, state: State) -> None:
         """The same keys and values the incremental script produces, in pipelined chunks."""
+        await self._adopt()
         await self.drop(generation)
         pipe = self.client.pipeline(transaction=False)
         queued = self._queue_writes(pipe, namespace(self.prefix, generation), model, state)
@@ -310,7 +335,9 @@ class RedisStore:
             for member, score in zip(day.scores[::2], day.scores[1::2], strict=True):
                 totals = DayTotals(day.item_type, int(float(score)), 0)
                 model.days[(date.fromisoformat(day.day), member)] = totals
-        coverage = Coverage(today - timedelta(days=self.retention_days), True, False)
+        oldest = today - timedelta(days=self.retention_days)
+        tomorrow = today + timedelta(days=1)
+        coverage = Coverage(oldest, tomorrow, daily_net_only=True, item_times=False)
         return Dump(model, broken, _meta_state(reply.meta, model.epoch), coverage)
 
     async def switch(self, old: int, new: int) -> bool:
@@ -346,13 +373,14 @@ def _meta(state: State) -> dict[str, str | int]:
     meta["watermark"] = state.watermark
     meta["epoch"] = repr(state.epoch) if state.epoch is not None else ""
     meta["events_applied"] = state.events_applied
+    meta["head"] = state.head
     return meta
 
 
 def _meta_state(meta: dict[str, str], epoch: float | None) -> State:
     checkpoint = Checkpoint(int(meta.get("tx_id", 0)), int(meta.get("position", 0)))
-    applied = int(meta.get("events_applied", 0))
-    return State(checkpoint, int(meta.get("watermark", 0)), epoch, applied)
+    applied, head = int(meta.get("events_applied", 0)), int(meta.get("head", 0))
+    return State(checkpoint, int(meta.get("watermark", 0)), epoch, applied, head=head)
 
 
 def _read_item(model: Changes, item: DumpedItem) -> list[Difference]:

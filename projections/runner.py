@@ -2,6 +2,12 @@
 
 Crash-only: all progress is in the stores (checkpoint with the effects), so a worker that dies at
 any point is simply restarted, or replaced by the standby that takes over its lease.
+
+An event a projection cannot fold (it does not decode, or its store refuses the values) is no
+crash: the projection stalls just before it, says so (projections.health), keeps its lease and
+tries again every `stall_retry` seconds, resuming from there once the event can be folded (an
+upcaster in a new release, or a fixed store). The other projection of the worker goes on unless
+it meets the same event.
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from events import partitions, store
-from events.store import Batch
+from events.store import Batch, Checkpoint, Undecodable
 from infra import metrics as m
 from infra.settings import Settings
+from projections.health import Reporter
 from projections.lease import Lease, LeaseLost
 from projections.readmodel import Fenced, ReadModelStore, State, step_for
 from projections.shared import Read, SharedReads
@@ -35,6 +42,10 @@ _PARTITION_EVERY = 3600.0
 # A rebuild switched generations and dropped the one this worker was still writing before it
 # noticed (UndefinedTable), or the store moved past it: it starts over on the current pointer.
 _STEP_DOWN = (Fenced, LeaseLost, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
+# A store refusing the values of a batch (a script error, a value out of range): retrying at once
+# would meet the same values, so the projection stalls at the event instead.
+_REFUSED = (ResponseError, psycopg.errors.DataError)
+STALL_RETRY = 30.0
 
 
 def next_batch_size(size: int, batch: Batch, low: int, high: int) -> int:
@@ -49,6 +60,8 @@ class _Pace:
     """How the loop reads: batch size, how long nothing moved, and the lag it reports."""
 
     size: int
+    # A store refused a batch ending here: read one event at a time up to it, to find the event.
+    one_by_one_until: Checkpoint | None = None
     quiet_polls: int = 0  # polls in a row that found positions drawn but nothing new to apply
     held_since: float | None = None
     last_event_at: datetime | None = None
@@ -68,7 +81,12 @@ class _Pace:
 
 class ProjectionRunner:
     def __init__(
-        self, settings: Settings, name: str, stop: asyncio.Event, reads: SharedReads | None = None
+        self,
+        settings: Settings,
+        name: str,
+        stop: asyncio.Event,
+        reads: SharedReads | None = None,
+        stall_retry: float = STALL_RETRY,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -76,6 +94,8 @@ class ProjectionRunner:
         self.reads = reads or SharedReads(share=False)
         self.conninfo = settings.url_for("projector")
         self.half_life = settings.trending_half_life_seconds
+        self.stall_retry = stall_retry
+        self.health = Reporter(name)
 
     async def run(self) -> None:
         while not self.stop.is_set():
@@ -123,13 +143,27 @@ class ProjectionRunner:
         tracker, pace = Watermark(state.watermark), _Pace(self.settings.batch_min)
         next_generation_check = time.monotonic() + _GENERATION_CHECK
         while not self.stop.is_set():
-            read = await self.reads.read(reader, state.checkpoint, pace.size)
-            batch, watermark = read.batch, tracker.observe(read.batch)
-            moved = bool(batch.events) or watermark != state.watermark
-            if moved:
-                state = await self._apply(target, generation, state, read, watermark, lease.fence)
+            batch = None
+            try:
+                read = await self.reads.read(reader, state.checkpoint, pace.size)
+                batch, watermark = read.batch, tracker.observe(read.batch)
+                moved = bool(batch.events) or watermark != state.watermark
+                if moved:
+                    state = await self._apply(
+                        target, generation, state, read, watermark, lease.fence
+                    )
+            except (Undecodable, *_REFUSED) as exc:
+                # The tracker may have counted the batch that was not applied: start it afresh
+                # from what is applied (it learns the pending bounds again from the next reads).
+                tracker = Watermark(state.watermark)
+                if not await self._stalled(exc, batch, state, reader, pace, lease):
+                    return
+                continue
             pace.quiet_polls = 0 if moved else pace.quiet_polls + 1
+            if pace.one_by_one_until is not None and state.checkpoint >= pace.one_by_one_until:
+                pace.one_by_one_until = None
             lag = self._observed(pace, batch, watermark)
+            await self.health.observed(reader, batch.allocated, state.watermark)
             if not batch.complete:
                 continue
             await self._held_back(pace, reader, lag)
@@ -141,12 +175,40 @@ class ProjectionRunner:
                 next_generation_check = time.monotonic() + _GENERATION_CHECK
             await self._wait(listener, pace.wait(lag, self.settings.poll_interval))
 
+    async def _stalled(
+        self,
+        exc: Exception,
+        batch: Batch | None,
+        state: State,
+        reader: psycopg.AsyncConnection,
+        pace: _Pace,
+        lease: Lease,
+    ) -> bool:
+        """Stall at the event that cannot be folded, report it, and wait before trying again;
+        False when the worker is stopping. A batch a store refused is first retried one event at
+        a time, so that the stall names the event and everything before it is applied."""
+        if isinstance(exc, Undecodable):
+            position, reason = exc.position, exc.reason
+        elif batch is not None and len(batch.events) > 1:
+            pace.one_by_one_until, pace.size = batch.checkpoint, 1
+            return True
+        else:
+            position = batch.events[0].position if batch and batch.events else state.watermark
+            reason = f"the {self.name} store refused it: {exc}"
+        await self.health.stalled(reader, position, reason)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), self.stall_retry)
+        await lease.check()
+        return not self.stop.is_set()
+
     def _observed(self, pace: _Pace, batch: Batch, watermark: int) -> int:
         """Take note of a batch read: batch size, lag metrics. Returns the lag in positions."""
         if batch.events:
             pace.last_event_at = batch.events[-1].recorded_at
         settings = self.settings
         pace.size = next_batch_size(pace.size, batch, settings.batch_min, settings.batch_max)
+        if pace.one_by_one_until is not None:
+            pace.size = 1
         lag = max(0, batch.allocated - watermark)
         m.PROJECTION_LAG_EVENTS.labels(self.name).set(lag)
         m.PROJECTION_WATERMARK.labels(self.name).set(watermark)
@@ -208,11 +270,14 @@ async def run_worker(
     stop: asyncio.Event,
     projections: tuple[str, ...] = PROJECTIONS,
     reads: SharedReads | None = None,
+    stall_retry: float = STALL_RETRY,
 ) -> None:
     """Run the given projections (each under its own lease) until `stop` is set."""
     reads = reads or SharedReads(share=len(projections) > 1)
     tasks = [
-        asyncio.create_task(ProjectionRunner(settings, name, stop, reads).run(), name=name)
+        asyncio.create_task(
+            ProjectionRunner(settings, name, stop, reads, stall_retry).run(), name=name
+        )
         for name in projections
     ]
     tasks.append(asyncio.create_task(maintain_partitions(settings, stop), name="partitions"))

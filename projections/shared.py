@@ -7,6 +7,9 @@ reading. The one ahead waits for the other (at most `patience`) rather than keep
 `depth` batches; when the other does not come (it stands at another checkpoint, lost its lease,
 or its store is down), sharing pauses for a while and each reads alone.
 
+A read that meets an event it cannot decode raises `Undecodable` for it (the batch before it is
+cut short, so everything before it is applied); the other projection gets the same error.
+
 Live batches (complete ones) are never kept: each projection reads the newest state itself. A
 batch is a fact about the ledger that stays true, so applying one read a moment earlier is as
 correct as applying one read now (see events.store.Batch and projections.watermark).
@@ -21,21 +24,22 @@ from dataclasses import dataclass, field
 import psycopg
 
 from events import store
-from events.store import Batch, Checkpoint
+from events.store import Batch, Checkpoint, Undecodable
 from projections.model import Changes, fold
 
 
 @dataclass(slots=True)
 class Read:
-    """A batch, and its folds by trending epoch (the same for both stores unless one rebased)."""
+    """A batch, and its folds by the trending epoch before it (the same for both stores, as they
+    stand at the same checkpoint)."""
 
     batch: Batch
-    _folds: dict[float, Changes] = field(default_factory=dict)
+    _folds: dict[float | None, Changes] = field(default_factory=dict)
 
-    def fold(self, epoch: float, half_life: float) -> Changes:
-        changes = self._folds.get(epoch)
+    def fold(self, since: float | None, half_life: float) -> Changes:
+        changes = self._folds.get(since)
         if changes is None:
-            changes = self._folds[epoch] = fold(self.batch.events, epoch, half_life)
+            changes = self._folds[since] = fold(self.batch.events, since, half_life)
         return changes
 
 
@@ -60,6 +64,8 @@ class SharedReads:
             try:
                 # Shielded: this projection being cancelled must not cancel the other's read.
                 return await asyncio.shield(kept)
+            except Undecodable:  # a fact about the ledger: this projection meets it too
+                raise
             except Exception:  # the other's read failed: this projection reads for itself
                 return Read(await store.read_batch(conn, after, limit))
         if self._sharing() and len(self._kept) >= self.depth:
@@ -81,7 +87,9 @@ class SharedReads:
                 del self._kept[after]
             if not future.done():
                 # Never a cancellation: the other projection was not cancelled, it reads itself.
-                future.set_exception(RuntimeError(f"the shared read failed: {exc!r}"))
+                # An undecodable event is passed on as it is: re-reading would meet it again.
+                failure = exc if isinstance(exc, Undecodable) else None
+                future.set_exception(failure or RuntimeError(f"the shared read failed: {exc!r}"))
                 future.exception()  # marked as retrieved: a follower may never come for it
             raise
         if not future.done():

@@ -46,4 +46,5 @@ async def open_store(
         retention_days=settings.daily_retention_days,
         stream_max=settings.changes_stream_max,
         fallback=lambda: generations.postgres(pointer),
+        ledger=lambda: generations.ledger_id(pointer),
     )

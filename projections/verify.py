@@ -27,22 +27,19 @@ _CHUNK = 20_000
 
 
 async def ledger_fold(conn: psycopg.AsyncConnection, upto: Checkpoint, half_life: float) -> Changes:
-    """The read model an independent, single fold of the ledger up to `upto` gives.
+    """The read model an independent fold of the ledger up to `upto` gives.
 
-    Streams the ledger and folds it in chunks against one epoch, the newest event's hour, so no
-    rebase happens in between (nor any of the runner's batching)."""
-    newest = await store.newest_upto(conn, upto)
-    if newest is None:
-        return Changes()
-    epoch = math.floor(newest / 3600) * 3600.0
-    model = Changes(epoch=epoch)
+    Streams the ledger in read order (the order the trending clock is defined in) and folds it
+    in chunks of its own size, none of the runner's batching. Raises events.store.Undecodable at
+    an event it cannot fold."""
+    model = Changes()
     chunk: list[Recorded] = []
     async for recorded in store.read_upto(conn, upto):
         chunk.append(recorded)
         if len(chunk) >= _CHUNK:
-            merge(model, fold(chunk, epoch, half_life), half_life)
+            merge(model, fold(chunk, model.epoch, half_life), half_life)
             chunk = []
-    return merge(model, fold(chunk, epoch, half_life), half_life)
+    return merge(model, fold(chunk, model.epoch, half_life), half_life)
 
 
 def compare(
@@ -111,6 +108,8 @@ def _day_differences(
     keys = expected.days.keys() | actual.days.keys()
     if cov.days_from is not None:
         keys = {k for k in keys if k[0] >= cov.days_from}
+    if cov.days_until is not None:
+        keys = {k for k in keys if k[0] <= cov.days_until}
     for key in sorted(k for k in keys if differs(k)):
         want, got, label = expected.days.get(key), actual.days.get(key), f"daily {key[0]} {key[1]}"
         if want is None or got is None:
@@ -154,7 +153,14 @@ async def check(
     if checkpoint not in folds:
         folds[checkpoint] = await ledger_fold(ledger, checkpoint, half_life)
     found = differences(store.name, dump, folds[checkpoint], half_life, limit)
+    await foldable_after(ledger, checkpoint)
     return Outcome(store.name, generation, checkpoint, len(dump.model.items), found)
+
+
+async def foldable_after(conn: psycopg.AsyncConnection, checkpoint: Checkpoint) -> None:
+    """Raise events.store.Undecodable if the event after `checkpoint` cannot be folded: a store
+    stands still before such an event (its worker stalls there), which verify must report."""
+    await store.read_batch(conn, checkpoint, 1)
 
 
 def differences(

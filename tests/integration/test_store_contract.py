@@ -4,6 +4,7 @@ what the runner, the rebuild and verify rely on holds for PostgreSQL and Redis a
 from __future__ import annotations
 
 import contextlib
+import math
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,9 @@ from events.types import AgentRegistered, ItemListed, Recorded, VoteCast
 from infra.settings import Settings
 from projections import verify
 from projections.model import Changes, fold, fold_all
+from projections.postgres_store import PostgresStore
 from projections.readmodel import Fenced, ReadModelStore, State, Step
+from projections.redis_store import RedisStore, namespace
 from projections.stores import NAMES, open_store
 
 HALF_LIFE = 3600.0
@@ -142,3 +145,63 @@ async def test_switch_refuses_a_generation_behind_the_live_one(target: ReadModel
     await target.drop(1)
     assert await target.generations() == [2]
     await target.drop(1)  # dropping what is gone is harmless
+
+
+def _step_after(state: State, events: list[Recorded], head: int = 0) -> Step:
+    """The step applying `events` after `state`, as the worker folds it."""
+    last = events[-1]
+    changes = fold(events, state.epoch, HALF_LIFE)
+    at = max(r.recorded_at for r in events)
+    checkpoint = Checkpoint(last.tx_id, last.position)
+    return Step(changes, checkpoint, last.position, len(events), at, head=head)
+
+
+async def test_the_ledger_head_is_stored_with_the_checkpoint(target: ReadModelStore) -> None:
+    """The head a step saw is stored with the checkpoint (`head` in the Redis meta hash,
+    `ledger_head` in the PostgreSQL checkpoint row) and never goes back."""
+    generation, state = await _started(target)
+    at = datetime.now(UTC)
+    state = await target.apply(
+        generation, state, _step_after(state, _events(1, 100, at), 42), 1, HALF_LIFE
+    )
+    state = await target.apply(
+        generation, state, Step(Changes(), state.checkpoint, 6, 0, None, head=40), 1, HALF_LIFE
+    )
+    stored = await target.checkpoint(generation)
+    assert stored is not None and stored.head == 42 and state.head == 42
+    assert await _raw_head(target, generation) == 42
+
+
+async def _raw_head(target: ReadModelStore, generation: int) -> int:
+    if isinstance(target, RedisStore):
+        raw = await target.client.hget(f"{namespace(target.prefix, generation)}:meta", "head")
+        return int(raw or -1)
+    assert isinstance(target, PostgresStore)
+    cur = await target.conn.execute(f"SELECT ledger_head FROM rm_g{generation}.checkpoint")
+    row = await cur.fetchone()
+    return int(row[0]) if row else -1
+
+
+EXTREMES = [
+    datetime(2100, 1, 1, tzinfo=UTC),
+    datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 30, tzinfo=UTC),
+]
+
+
+async def test_far_future_and_past_times_stay_finite_and_equal_one_fold(
+    target: ReadModelStore,
+) -> None:
+    """Batches dated now, in 2100, in year 1 and in 9999 (each a rebase) leave every stored
+    trending sum finite, and the store equal to one fold of the same events."""
+    generation, state = await _started(target)
+    batches = [_events(1, 100, datetime.now(UTC))]
+    for n, at in enumerate(EXTREMES):
+        batches.append(_events(7 + 6 * n, 101 + n, at))
+    for batch in batches:
+        state = await target.apply(generation, state, _step_after(state, batch), 1, HALF_LIFE)
+    dump = await target.dump(generation)
+    assert all(math.isfinite(t.trend) for t in dump.model.items.values())
+    expected = fold_all([e for batch in batches for e in batch], HALF_LIFE, batch=6)
+    assert dump.model.epoch == expected.epoch
+    assert verify.differences(target.name, dump, expected, HALF_LIFE) == []

@@ -9,9 +9,12 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +29,7 @@ from events.types import (
     VoteCast,
 )
 from projections.model import (
+    LEAD,
     REBASE_AFTER,
     Changes,
     choose_epoch,
@@ -135,9 +139,7 @@ def split_streams(draw: st.DrawFn) -> tuple[Stream, list[list[Recorded]]]:
 def fold_in_batches(chunks: list[list[Recorded]]) -> Changes:
     model = Changes()
     for chunk in chunks:
-        epoch = choose_epoch(model.epoch, chunk, H)
-        assert epoch is not None
-        model = merge(model, fold(chunk, epoch, H), H)
+        model = merge(model, fold(chunk, model.epoch, H), H)
     return model
 
 
@@ -412,14 +414,105 @@ def test_choose_epoch_rebases_only_past_the_limit() -> None:
     st.lists(st.integers(1_700_000_000, 1_800_000_000), min_size=1, max_size=5),
     st.integers(0, 999_999),
 )
-def test_choose_epoch_follows_the_newest_event(
+def test_choose_epoch_follows_the_events_within_bounds(
     current: float | None, seconds: list[int], micros: int
 ) -> None:
-    """The epoch is kept while the newest event is close enough, else moved to its hour."""
+    """The epoch is kept while every event is close enough; else it moves forward to an hour, by
+    at most LEAD half-lives an event, and ends within REBASE_AFTER half-lives of every event it
+    did not cap."""
     batch = listed_at(*(s + micros / 1e6 for s in seconds))
-    top = max(r.recorded_at.timestamp() for r in batch)  # not necessarily the last event
+    times = [r.recorded_at.timestamp() for r in batch]
     epoch = choose_epoch(current, batch, H)
-    if current is not None and top - current <= REBASE_AFTER * H:
+    if current is not None and max(times) - current <= REBASE_AFTER * H:
         assert epoch == current
-    else:
-        assert_hour_of(epoch, top)
+        return
+    assert epoch is not None and epoch % 3600 == 0
+    start = current if current is not None else math.floor(times[0] / 3600) * 3600.0
+    assert start <= epoch <= start + len(batch) * LEAD * H
+    assert epoch <= max(times)
+    if epoch < max(times) - (REBASE_AFTER * H + 3600):  # the clock was capped on the way
+        assert epoch > start + (LEAD - REBASE_AFTER) * H - 3600
+
+
+# --- any time a row can hold --------------------------------------------------------------------
+
+YEAR_1 = datetime(1, 1, 1, tzinfo=UTC)
+YEAR_9999 = datetime(9999, 12, 30, tzinfo=UTC)
+any_time = st.datetimes(
+    min_value=YEAR_1.replace(tzinfo=None), max_value=YEAR_9999.replace(tzinfo=None)
+).map(lambda at: at.replace(tzinfo=UTC))
+near_base = st.integers(0, 30 * 86400).map(lambda s: BASE + timedelta(seconds=s))
+
+
+@st.composite
+def extreme_streams(draw: st.DrawFn) -> list[Recorded]:
+    """Votes on a few items at times anywhere in years 1 to 9999, mixed with ordinary ones."""
+    events = []
+    for n in range(draw(st.integers(1, 30))):
+        at = draw(st.one_of(any_time, near_base))
+        direction, previous = draw(
+            st.sampled_from([("up", "none"), ("down", "up"), ("none", "down")])
+        )
+        item = f"song-{draw(st.integers(0, 3))}"
+        vote = VoteCast(uuid.UUID(int=n + 1), item, "song", direction, previous)  # type: ignore[arg-type]
+        events.append(Recorded(n + 1, 1000 + n, at, vote))
+    return events
+
+
+def cuts_of(draw: Callable[..., Any], events: list[Recorded]) -> list[list[Recorded]]:
+    """A split of `events` into consecutive non-empty batches."""
+    n = len(events)
+    cuts = sorted(draw(st.sets(st.integers(1, n - 1)))) if n > 1 else []
+    return [events[a:b] for a, b in itertools.pairwise([0, *cuts, n])]
+
+
+@SETTINGS
+@given(st.data())
+def test_any_time_keeps_trending_finite_and_any_split_equal(data: st.DataObject) -> None:
+    """For recorded times anywhere in years 1 to 9999, every stored and displayed trending value
+    is finite, and folding any split gives the one fold's epoch and values."""
+    events = data.draw(extreme_streams())
+    whole = fold_all(events, H, batch=len(events))
+    batched = fold_in_batches(cuts_of(data.draw, events))
+    assert batched.epoch == whole.epoch and whole.epoch is not None
+    at = data.draw(any_time).timestamp()
+    for item_id, one in whole.items.items():
+        other = batched.items[item_id]
+        assert math.isfinite(one.trend) and math.isfinite(other.trend)
+        shown = [decayed(t.trend, whole.epoch, at, H) for t in (one, other)]
+        assert all(math.isfinite(v) for v in shown), shown
+        # Compared a little past the epoch, where rounding of the two folds is far below 1e-9.
+        later = whole.epoch + REBASE_AFTER * H
+        a, b = (decayed(t.trend, whole.epoch, later, H) for t in (one, other))
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), (item_id, a, b)
+
+
+def test_a_far_future_vote_leaves_the_other_items_trending() -> None:
+    """A vote dated 2100 (or 9999) moves the epoch by about LEAD half-lives: the other items keep
+    their exact decayed values, and votes after it at ordinary times count in full."""
+    ordinary = [
+        Recorded(1, 1, BASE, VoteCast(uuid.UUID(int=1), "song-1", "song", "up", "none")),
+        Recorded(2, 2, BASE, VoteCast(uuid.UUID(int=2), "song-2", "song", "down", "none")),
+    ]
+    for future in (datetime(2100, 1, 1, tzinfo=UTC), YEAR_9999):
+        bad = Recorded(3, 3, future, VoteCast(uuid.UUID(int=3), "song-x", "song", "up", "none"))
+        later = BASE + timedelta(hours=1)
+        after = Recorded(4, 4, later, VoteCast(uuid.UUID(int=4), "song-3", "song", "up", "none"))
+        model = fold_all([*ordinary, bad, after], H, batch=1)
+        assert model.epoch is not None and model.epoch <= BASE.timestamp() + (LEAD + 1) * H
+        now = later.timestamp()
+        shown = {i: decayed(t.trend, model.epoch, now, H) for i, t in model.items.items()}
+        assert math.isclose(shown["song-1"], 0.5 ** (3600 / H), rel_tol=1e-9)
+        assert math.isclose(shown["song-2"], -(0.5 ** (3600 / H)), rel_tol=1e-9)
+        assert math.isclose(shown["song-3"], 1.0, rel_tol=1e-9)
+        assert math.isfinite(shown["song-x"]) and shown["song-x"] > shown["song-3"]
+
+
+def test_decayed_saturates_instead_of_overflowing() -> None:
+    """Decaying to an instant far before or after the epoch gives a finite value, 0 for 0."""
+    for epoch, at in [(YEAR_9999.timestamp(), YEAR_1.timestamp()), (0.0, YEAR_9999.timestamp())]:
+        for trend in (1.0, -2.0, 1e-300, 2.0**40):
+            assert math.isfinite(decayed(trend, epoch, at, H))
+        assert decayed(0.0, epoch, at, H) == 0.0
+    assert decayed(1.0, YEAR_9999.timestamp(), YEAR_1.timestamp(), H) == sys.float_info.max
+    assert decayed(-1.0, YEAR_9999.timestamp(), YEAR_1.timestamp(), H) == -sys.float_info.max
