@@ -28,8 +28,8 @@ run: $(STAMP)
 	@$(BIN)/python -m devtools.devstack serve \
 	  --setup "$(BIN)/voteledger migrate" \
 	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  query API    http://$(HOST):$(QUERY_PORT)  (docs: /docs)\n  projector metrics  http://127.0.0.1:$(METRICS_PORT)/metrics (standby: $(STANDBY_METRICS_PORT))\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nA process that exits is restarted; Ctrl-C stops everything.\n" \
-	  -- "$(BIN)/uvicorn --factory commands.app:create_app --host $(HOST) --port $(COMMAND_PORT) --no-access-log" \
-	     "$(BIN)/uvicorn --factory queries.app:create_app --host $(HOST) --port $(QUERY_PORT) --no-access-log" \
+	  -- "$(BIN)/python -m infra.serve commands --host $(HOST) --port $(COMMAND_PORT)" \
+	     "$(BIN)/python -m infra.serve queries --host $(HOST) --port $(QUERY_PORT)" \
 	     "$(BIN)/voteledger project --metrics-port $(METRICS_PORT)" \
 	     "$(BIN)/voteledger project --metrics-port $(STANDBY_METRICS_PORT)"
 

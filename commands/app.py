@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from commands import models, routes
 from commands.known import Known
@@ -55,6 +56,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(routes.router)
     app.add_middleware(VoteEndpoint, state=app.state)
+    if settings.command_cors_origins:
+        # Only when configured (VOTELEDGER_COMMAND_CORS_ORIGINS): outside VoteEndpoint, so votes
+        # answered before routing carry the headers too.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.command_cors_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Idempotent-Replayed", "Retry-After", "RateLimit", "RateLimit-Policy"],
+            allow_credentials=False,
+        )
     # Added last, so outermost: its size and media-type guards and metrics cover votes too.
     app.add_middleware(EdgeMiddleware, name="command", max_body_bytes=settings.max_body_bytes)
     return app

@@ -1,4 +1,5 @@
-"""ASGI middleware shared by both APIs: request metrics, body size and content type guards.
+"""ASGI middleware shared by both APIs: request metrics, body size and content type guards, and
+redirects that never name a host the client chose.
 
 Pure ASGI rather than BaseHTTPMiddleware: it adds no task or copy per request on the hot path.
 """
@@ -6,7 +7,9 @@ Pure ASGI rather than BaseHTTPMiddleware: it adds no task or copy per request on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import HTTPException
 from fastapi.telemetry import TelemetryConfig
@@ -16,6 +19,8 @@ from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from infra.problems import problem_response
 
 _BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
+# nginx's "client closed request": the client went away before any answer, so no server error.
+CLIENT_CLOSED = 499
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 # Metrics go to Prometheus (infra/metrics.py). FastAPI's OpenTelemetry support would otherwise
@@ -36,23 +41,34 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
         # Clients choose the method: any other than these shares one label, so series stay few.
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+        gone = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if 300 <= status < 400:
+                    message = {**message, "headers": _relative_location(message["headers"])}
             await send(message)
+
+        def watched(message: Message) -> Message:
+            nonlocal gone
+            gone = gone or message["type"] == "http.disconnect"
+            return message
 
         try:
             rejection = self._reject(scope)
             if rejection is not None:
                 await rejection(scope, receive, send_wrapper)
                 return
-            await self.app(scope, self._limited(receive), send_wrapper)
+            await self.app(scope, self._limited(receive, watched), send_wrapper)
         finally:
+            if status is None:
+                # No answer began: the client went away first, or the app failed.
+                status = CLIENT_CLOSED if gone else 500
             route = getattr(scope.get("route"), "path", "unmatched")
             count, latency = self._series(route, method, status)
             count.inc()
@@ -89,13 +105,14 @@ class EdgeMiddleware:
             )
         return None
 
-    def _limited(self, receive: Receive) -> Receive:
-        """Counts streamed body bytes too: a chunked body has no Content-Length to check."""
+    def _limited(self, receive: Receive, watched: Callable[[Message], Message]) -> Receive:
+        """Counts streamed body bytes too: a chunked body has no Content-Length to check; every
+        message passes `watched`, which notes a disconnect."""
         seen = 0
 
         async def wrapped() -> Message:
             nonlocal seen
-            message = await receive()
+            message = watched(await receive())
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body_bytes:
@@ -106,3 +123,16 @@ class EdgeMiddleware:
             return message
 
         return wrapped
+
+
+def _relative_location(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A redirect's Location without scheme and host: frameworks build absolute ones from the
+    request's Host header, which the client chooses (an open redirect to any host)."""
+    fixed = []
+    for name, value in headers:
+        if name.lower() == b"location":
+            split = urlsplit(value.decode("latin-1"))
+            path = "/" + split.path.lstrip("/")  # "//host/x" would name a host again
+            value = urlunsplit(("", "", path, split.query, "")).encode("latin-1")
+        fixed.append((name, value))
+    return fixed

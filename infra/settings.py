@@ -73,6 +73,13 @@ class Settings:
     batch_max: int
     poll_interval: float
     changes_stream_max: int
+    query_cache_bytes: int = 64 * 2**20
+    stream_clients_max: int = 1000
+    cors_origins: tuple[str, ...] = ("*",)
+    command_cors_origins: tuple[str, ...] = ()
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    max_connections: int = 2000
 
     @property
     def development(self) -> bool:
@@ -126,7 +133,24 @@ class Settings:
             batch_max=_int(env, "VOTELEDGER_BATCH_MAX", 20000, 1),
             poll_interval=_float(env, "VOTELEDGER_POLL_INTERVAL", 1.0, 0.01),
             changes_stream_max=_int(env, "VOTELEDGER_CHANGES_STREAM_MAX", 10000, 10),
+            query_cache_bytes=_int(env, "VOTELEDGER_QUERY_CACHE_BYTES", 64 * 2**20, 2**16),
+            stream_clients_max=_int(env, "VOTELEDGER_STREAM_CLIENTS_MAX", 1000, 1),
+            cors_origins=_origins(env, "VOTELEDGER_CORS_ORIGINS", "*"),
+            command_cors_origins=_origins(env, "VOTELEDGER_COMMAND_CORS_ORIGINS", ""),
+            header_timeout_seconds=_float(env, "VOTELEDGER_HEADER_TIMEOUT_SECONDS", 10.0, 0.1),
+            body_timeout_seconds=_float(env, "VOTELEDGER_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
+            max_connections=_int(env, "VOTELEDGER_MAX_CONNECTIONS", 2000, 1),
         )
+
+
+def _origins(env: dict[str, str], name: str, default: str) -> tuple[str, ...]:
+    """A comma-separated list of browser origins (`*` for any); empty allows none."""
+    raw = env.get(name)
+    origins = tuple(o.strip() for o in (default if raw is None else raw).split(",") if o.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise SettingsError(f"{name}: {origin!r} is not an origin such as https://example.com")
+    return origins
 
 
 def _role_url(database_url: str, role: str, password: str | None) -> str:

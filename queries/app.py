@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from infra import heap, problems
 from infra.http import NO_TELEMETRY, EdgeMiddleware
@@ -19,6 +20,7 @@ from infra.settings import Settings, get_settings
 from queries.cache import CachedPages
 from queries.routes import router
 from queries.side import ReadSide
+from queries.stream import StreamHub
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"content": {"application/problem+json": {}}} for status in (404, 410, 422, 503)
@@ -33,13 +35,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app.state.hub.stop()
         await side.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     side = ReadSide(settings)
+    # No slash redirects: Starlette builds them from the request's Host header, so anyone could
+    # make this API redirect to a host of their choosing.
     app = FastAPI(
+        redirect_slashes=False,
         title="voteledger query API",
         version="1.0.0",
         description="Rankings of songs and tools, read from projections of the vote ledger.",
@@ -48,8 +54,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=NO_TELEMETRY,
     )
     app.state.side = side
+    app.state.hub = StreamHub(side, settings.stream_clients_max)
     # Added first, so it runs inside EdgeMiddleware and its answers are counted in the metrics.
     app.add_middleware(CachedPages, current=side.current_page)
+    if settings.cors_origins:
+        # Outside CachedPages, so cached answers carry the headers too. Rankings are public: any
+        # listed origin may read them, never with credentials.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "HEAD", "OPTIONS"],
+            allow_headers=["If-None-Match", "Last-Event-ID"],
+            expose_headers=["ETag", "X-Ledger-Position", "X-Read-Model", "Retry-After"],
+            allow_credentials=False,
+            max_age=600,
+        )
     app.add_middleware(EdgeMiddleware, name="query", max_body_bytes=settings.max_body_bytes)
     problems.install(app)
     app.include_router(router)

@@ -10,16 +10,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 _MAX_AGE = 1.0  # trending scores decay with time even when nothing changes
-_ENTRIES = 10_000
 
 Url = tuple[str, bytes]  # (path, raw query string)
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -41,47 +37,83 @@ def etag(body: bytes) -> str:
     return f'W/"{hashlib.blake2b(body, digest_size=10).hexdigest()}"'
 
 
-def _put(entries: OrderedDict[K, V], key: K, value: V) -> None:
-    """Insert as the newest entry, evicting the oldest beyond the limit."""
-    entries[key] = value
-    entries.move_to_end(key)
-    while len(entries) > _ENTRIES:
-        entries.popitem(last=False)
+# What an entry costs besides its body and key: the dict slot, the tuple, the Cached object.
+_OVERHEAD = 200
+
+
+def _size(value: object) -> int:
+    """Bytes a key or body holds, roughly: clients choose keys (cursors, junk query strings), so
+    they count as much as bodies."""
+    if isinstance(value, bytes | str):
+        return len(value)
+    if isinstance(value, tuple):
+        return sum(_size(v) for v in value) + 8 * len(value)
+    return 16
 
 
 class PageCache:
     """Answers by key, each valid for one generation until the position it reflects moves (and
-    at most a second, for trending's decay); and the keys of URLs answered before."""
+    at most a second, for trending's decay); and the keys of URLs answered before.
 
-    def __init__(self) -> None:
-        self._entries: OrderedDict[Hashable, Cached] = OrderedDict()
-        self._keys: OrderedDict[Url, Hashable] = OrderedDict()
+    Both live in one LRU bounded by total bytes (bodies, keys and raw URLs), since clients
+    choose the keys: thousands of junk URLs only evict each other. An entry larger than an
+    eighth of the bound is not kept, so one cannot flush the rest.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._lru: OrderedDict[tuple[str, Hashable], tuple[Cached | Hashable, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._lru)
 
     def get(self, key: Hashable, generation: int, position: int) -> Cached | None:
         """The entry of `key` if it is of `generation`, reflects `position` and is fresh."""
-        entry = self._entries.get(key)
+        found = self._lru.get(("page", key))
+        entry = found[0] if found is not None else None
         if (
-            entry is not None
+            isinstance(entry, Cached)
             and entry.generation == generation
             and entry.position >= position
             and time.monotonic() - entry.at < _MAX_AGE
         ):
+            self._lru.move_to_end(("page", key))
             return entry
         return None
 
     def put(self, key: Hashable, body: bytes, position: int, generation: int) -> Cached:
         entry = Cached.of(body, position, generation)
-        _put(self._entries, key, entry)
+        self._put(("page", key), entry, _size(key) + len(body) + len(entry.etag))
         return entry
 
     def clear(self) -> None:
-        self._entries.clear()
+        """Forget the answers; the URL keys stay (they point at nothing until answered again)."""
+        for slot in [slot for slot in self._lru if slot[0] == "page"]:
+            self.bytes -= self._lru.pop(slot)[1]
 
     def remember_url(self, url: Url, key: Hashable) -> None:
-        _put(self._keys, url, key)
+        self._put(("url", url), key, _size(url) + _size(key))
 
     def key_for(self, url: Url) -> Hashable | None:
-        return self._keys.get(url)
+        found = self._lru.get(("url", url))
+        if found is None:
+            return None
+        self._lru.move_to_end(("url", url))
+        return found[0]
+
+    def _put(self, slot: tuple[str, Hashable], value: Cached | Hashable, size: int) -> None:
+        """Insert as the newest, evicting the least recently used beyond the byte bound."""
+        size += _OVERHEAD
+        old = self._lru.pop(slot, None)
+        if old is not None:
+            self.bytes -= old[1]
+        if size > self.max_bytes // 8:
+            return
+        self._lru[slot] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self.bytes -= self._lru.popitem(last=False)[1][1]
 
 
 class _CachedRoute:

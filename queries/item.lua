@@ -1,15 +1,17 @@
 -- One item's detail and its ranks, with the watermark it reflects, in one atomic call.
 -- KEYS[1]: the generation's namespace. ARGV[1]: a JSON map (queries.redis_reader.ItemArgs):
 -- item_id, day (today, YYYY-MM-DD).
+-- `head` is the ledger head the projector last saw (absent until it has written one).
 -- Returns a JSON map (queries.redis_reader.ItemReply), without `item` for an unknown item. Scores
 -- stay the strings Redis gives, so they are exact doubles; absent values are left out (cjson has
 -- no null).
 local ns = KEYS[1]
 local args = cjson.decode(ARGV[1])
 local id = args.item_id
-local meta = redis.call('HMGET', ns .. ':meta', 'watermark', 'epoch', 'live')
+local meta = redis.call('HMGET', ns .. ':meta', 'watermark', 'epoch', 'live', 'head')
 local reply = {watermark = meta[1] or '0', live = meta[3] == '1'}
 if meta[2] then reply.epoch = meta[2] end
+if meta[4] then reply.head = meta[4] end
 local h = redis.call('HMGET', ns .. ':item:' .. id, 'item_type', 'title', 'up', 'down')
 if not h[1] then
     return cjson.encode(reply)

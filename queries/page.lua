@@ -2,6 +2,7 @@
 -- KEYS[1]: the generation's namespace. ARGV[1]: a JSON map (queries.redis_reader.PageArgs):
 -- list_key (the key suffix: 'top:song', 'daily:tool:2026-11-25'), limit, min_votes (0: no filter),
 -- and after_score, after_id (the cursor; absent on the first page).
+-- `head` is the ledger head the projector last saw (absent until it has written one).
 -- Returns a JSON map (queries.redis_reader.PageReply). Scores stay the strings Redis gives, so they
 -- are exact doubles; absent values and empty lists are left out (cjson has no null, and encodes
 -- an empty table as a map).
@@ -11,7 +12,7 @@ local args = cjson.decode(ARGV[1])
 local key = ns .. ':' .. args.list_key
 local limit = args.limit
 local min_votes = args.min_votes
-local meta = redis.call('HMGET', ns .. ':meta', 'watermark', 'epoch', 'live')
+local meta = redis.call('HMGET', ns .. ':meta', 'watermark', 'epoch', 'live', 'head')
 
 -- Keyset paging: continue right after (cursor score, cursor id), wherever that now ranks.
 local start = 0
@@ -59,5 +60,6 @@ local reply = {
 }
 if last_id then reply.last = {item_id = last_id, score = last_score} end
 if meta[2] then reply.epoch = meta[2] end
+if meta[4] then reply.head = meta[4] end
 if #rows > 0 then reply.rows = rows end
 return cjson.encode(reply)

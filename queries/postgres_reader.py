@@ -23,7 +23,12 @@ from queries.shapes import Cursor, Detail, Entry, ListQuery, Page, display
 _SCORE_COLUMN = {"top": "net", "confidence": "wilson", "trending": "trend", "daily": "net"}
 
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
-_POSITION = "SELECT watermark, trend_epoch FROM {schema}.checkpoint WHERE projection = 'postgres'"
+# The ledger head through to_jsonb, so that a checkpoint row without the column (a database not
+# yet migrated to it) reads as "head unknown" instead of failing every read.
+_POSITION = """
+SELECT watermark, trend_epoch, (to_jsonb(c) ->> 'ledger_head')::bigint
+FROM {schema}.checkpoint AS c WHERE projection = 'postgres'
+"""
 _LIST = """
 SELECT item_id, item_type, title, up, down, {score}
 FROM {schema}.items
@@ -68,6 +73,7 @@ class PostgresReader:
     def __init__(self, pool: AsyncConnectionPool, half_life: float) -> None:
         self.pool = pool
         self.half_life = half_life
+        self.head = 0  # the highest ledger head the projector has written with its checkpoint
 
     async def generation(self) -> int:
         async with self.pool.connection() as conn:
@@ -80,13 +86,29 @@ class PostgresReader:
             await conn.execute(_SNAPSHOT)
             yield conn, await generations.postgres(conn)
 
+    async def position(self) -> tuple[int, int]:
+        """The watermark the read models reflect and the ledger head, in one snapshot."""
+        async with self._snapshot() as (conn, generation):
+            watermark, _ = await self._position(conn, generation)
+        return watermark, self.head
+
+    async def _position(
+        self, conn: psycopg.AsyncConnection, generation: int
+    ) -> tuple[int, float | None]:
+        """The watermark this snapshot reflects and the trending epoch; notes the head."""
+        row = await (await conn.execute(_statement(_POSITION, generation))).fetchone()
+        assert row is not None
+        watermark, epoch, head = row
+        self.head = max(self.head, head or 0)
+        return int(watermark), epoch
+
     async def page(self, query: ListQuery, now: float) -> Page:
         async with self._snapshot() as (conn, generation):
             cursor = query.after(generation)
             text = _DAILY if query.name == "daily" else _LIST
             statement = _statement(text, generation, _SCORE_COLUMN[query.name])
             rows = await (await conn.execute(statement, _page_params(query, cursor))).fetchall()
-            watermark, epoch = await _position(conn, generation)
+            watermark, epoch = await self._position(conn, generation)
         rank = cursor.rank if cursor else 0
         entries = []
         for item_id, item_type, title, up, down, score in rows[: query.limit]:
@@ -104,7 +126,7 @@ class PostgresReader:
             params = {"item_id": item_id, "day": today}
             cur = await conn.execute(_statement(_DETAIL, generation), params)
             row = await cur.fetchone()
-            watermark, epoch = await _position(conn, generation)
+            watermark, epoch = await self._position(conn, generation)
         if row is None:
             return None, watermark
         return self._detail(item_id, row, epoch, now), watermark
@@ -139,10 +161,3 @@ def _page_params(query: ListQuery, cursor: Cursor | None) -> dict[str, Any]:
         "limit": query.limit + 1,
         "day": query.day,
     }
-
-
-async def _position(conn: psycopg.AsyncConnection, generation: int) -> tuple[int, float | None]:
-    """The watermark this snapshot reflects, and the trending epoch."""
-    row = await (await conn.execute(_statement(_POSITION, generation))).fetchone()
-    assert row is not None
-    return int(row[0]), row[1]

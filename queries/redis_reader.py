@@ -49,6 +49,7 @@ class PageReply(msgspec.Struct, frozen=True):
     live: bool
     more: bool
     epoch: str | None = None
+    head: str | None = None
     rows: list[PageRow] = []
     # The last member looked at, shown or not: the next page starts after it.
     last: Member | None = None
@@ -76,6 +77,7 @@ class ItemReply(msgspec.Struct, frozen=True):
     watermark: str
     live: bool
     epoch: str | None = None
+    head: str | None = None
     item: FoundItem | None = None
 
 
@@ -93,6 +95,7 @@ class RedisReader:
         self.client = client
         self.prefix = prefix
         self.half_life = half_life
+        self.head = 0  # the highest ledger head the projector has written with its checkpoint
         # redis-py's Script runs EVALSHA and reloads the script when Redis answers NOSCRIPT.
         files = resources.files("queries")
         self._page = client.register_script(files.joinpath("page.lua").read_text())
@@ -103,6 +106,7 @@ class RedisReader:
         after = (repr(cursor.score), cursor.item_id) if cursor else (None, None)
         args = PageArgs(query.list_key, query.limit, query.min_votes, *after)
         reply = _page_reply.decode(await self._call(self._page, generation, args))
+        self._saw_head(reply.head)
         _check_live(reply.live)
         epoch, rank = _epoch(reply.epoch), cursor.rank if cursor else 0
         entries = []
@@ -124,6 +128,7 @@ class RedisReader:
     ) -> tuple[Detail | None, int]:
         raw = await self._call(self._item, generation, ItemArgs(item_id, today))
         reply = _item_reply.decode(raw)
+        self._saw_head(reply.head)
         _check_live(reply.live)
         if reply.item is None:
             return None, int(reply.watermark)
@@ -155,8 +160,14 @@ class RedisReader:
     async def position(self, generation: int) -> tuple[int, bool]:
         """The watermark of a generation and whether it is live (caught up at least once)."""
         key = meta_key(self.prefix, generation)
-        watermark, live = await self.client.hmget(key, ["watermark", "live"])
+        watermark, live, head = await self.client.hmget(key, ["watermark", "live", "head"])
+        self._saw_head(head)
         return int(watermark or 0), live == b"1"
+
+    def _saw_head(self, head: str | bytes | None) -> None:
+        """A missing head (a projector that does not write one yet) leaves it unknown."""
+        if head:
+            self.head = max(self.head, int(head))
 
 
 def _check_live(live: bool) -> None:

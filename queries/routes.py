@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
@@ -28,8 +30,8 @@ from infra.metrics import metrics_response
 from infra.openapi import json_response
 from infra.problems import Problem
 from queries.shapes import BadCursor, DetailAt, ListName, ListQuery, Page, StaleCursor
-from queries.side import Ask, Produced, ReadSide
-from queries.stream import change_events
+from queries.side import NOT_YET_STATUS, Ask, Produced, ReadSide
+from queries.stream import Listener, StreamFull, StreamHub, change_events
 
 _MAX_WAIT_MS = 5000
 
@@ -60,16 +62,50 @@ _HEADERS = {
     "ETag": {"description": "Revalidate with If-None-Match"},
 }
 _NOT_MODIFIED = {"description": "Not modified (If-None-Match)"}
+_PROBLEM: dict[str, Any] = {"application/problem+json": {}}
+# What a read-your-writes request can be told besides its data: both are the client's to act on.
+_POSITION_ERRORS: dict[int | str, dict[str, Any]] = {
+    NOT_YET_STATUS: {
+        "description": "Too Early: the read models do not reflect min_position yet (problem "
+        "type /problems/not-yet); retry after Retry-After seconds",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait before retrying"},
+            "X-Ledger-Position": {"description": "The position the read models reflect"},
+        },
+        "content": _PROBLEM,
+    },
+    422: {
+        "description": "Invalid request; or min_position is beyond the ledger head "
+        "(problem type /problems/not-issued) or the cursor is bad (/problems/bad-cursor)",
+        "content": _PROBLEM,
+    },
+}
 _LIST_DOC: dict[str, Any] = {
     "response_class": Response,
     "responses": {
         200: json_response(Page, "A page of the ranking", headers=_HEADERS),
         304: _NOT_MODIFIED,
+        410: {"description": "The cursor is of rankings rebuilt since", "content": _PROBLEM},
+        **_POSITION_ERRORS,
     },
 }
 _ITEM_DOC: dict[str, Any] = {
     "response_class": Response,
-    "responses": {200: json_response(DetailAt, "The item", headers=_HEADERS), 304: _NOT_MODIFIED},
+    "responses": {
+        200: json_response(DetailAt, "The item", headers=_HEADERS),
+        304: _NOT_MODIFIED,
+        **_POSITION_ERRORS,
+    },
+}
+_STREAM_DOC: dict[str, Any] = {
+    "responses": {
+        503: {
+            "description": "This server streams to as many clients as it may; retry after "
+            "Retry-After seconds",
+            "headers": {"Retry-After": {"description": "Seconds to wait before retrying"}},
+            "content": _PROBLEM,
+        }
+    }
 }
 
 router = APIRouter()
@@ -165,17 +201,35 @@ async def item(
     return await answer_item(side, item_id, ask)
 
 
+def _hub(connection: HTTPConnection) -> StreamHub:
+    hub: StreamHub = connection.app.state.hub
+    return hub
+
+
+StreamItemType = Annotated[ItemType | None, Query()]
+
+
+async def _listener(
+    connection: HTTPConnection, item_type: StreamItemType = None
+) -> AsyncIterator[Listener]:
+    """A place among the process's live clients, released when the response ends (503 when
+    there is none)."""
+    async with _hub(connection).listen(item_type) as listener:
+        yield listener
+
+
 @router.get(
     "/api/v1/stream",
     response_class=EventSourceResponse,
     summary="Server-Sent Events of score changes; `id` is the ledger position",
+    **_STREAM_DOC,
 )
 async def stream(
     side: Side,
-    item_type: Annotated[ItemType | None, Query()] = None,
+    listener: Annotated[Listener, Depends(_listener)],
     last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=2**62)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    async for kind, position, data in change_events(side, item_type, last_event_id):
+    async for kind, position, data in change_events(side, listener, last_event_id):
         yield ServerSentEvent(event=kind, id=str(position), data=data, retry=2000)
 
 
@@ -183,15 +237,41 @@ async def stream(
 async def ws(
     websocket: WebSocket,
     side: Side,
-    item_type: Annotated[ItemType | None, Query()] = None,
+    item_type: StreamItemType = None,
     last_event_id: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> None:
     await websocket.accept()
     try:
-        async for kind, position, data in change_events(side, item_type, last_event_id):
-            message = {"event": kind, "id": position, "data": data}
-            await websocket.send_text(_encoder.encode(message).decode())
-    except WebSocketDisconnect:
+        async with _hub(websocket).listen(item_type) as listener:
+            await _until_closed(websocket, change_events(side, listener, last_event_id))
+    except StreamFull as full:
+        await websocket.close(code=1013, reason=full.detail)  # 1013: try again later
+
+
+async def _until_closed(websocket: WebSocket, changes: AsyncIterator[Any]) -> None:
+    """Send changes until the client closes (noticed at once, not at the next change) or the
+    changes end."""
+    sender = asyncio.create_task(_send(websocket, changes))
+    closed = asyncio.create_task(_closed(websocket))
+    done, pending = await asyncio.wait({sender, closed}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+            await task
+    for task in done:
+        with contextlib.suppress(WebSocketDisconnect):
+            task.result()
+
+
+async def _send(websocket: WebSocket, changes: AsyncIterator[Any]) -> None:
+    async for kind, position, data in changes:
+        message = {"event": kind, "id": position, "data": data}
+        await websocket.send_text(_encoder.encode(message).decode())
+    await websocket.close()
+
+
+async def _closed(websocket: WebSocket) -> None:
+    while (await websocket.receive())["type"] != "websocket.disconnect":
         pass
 
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass
 from datetime import date
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 import psycopg
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from events.types import ItemType
+from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, ItemType
 from projections.model import decayed
 
 ListName = Literal["top", "confidence", "trending", "daily"]
@@ -37,15 +39,38 @@ class NotReady(Exception):
     """This read model cannot answer now (it is rebuilding, or missing)."""
 
 
+# Only failing to reach a store means "it cannot answer now". A script error (ResponseError) is a
+# bug or bad input: read as "Redis is down", one request could move every reader to PostgreSQL.
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    NotReady,
+    psycopg.OperationalError,
+)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Errors that mean "this store cannot answer now", as opposed to bugs."""
-    return isinstance(exc, RedisError | OSError | NotReady | psycopg.OperationalError)
+    return isinstance(exc, _UNAVAILABLE)
 
 
 def raise_unless_unavailable(exc: Exception) -> None:
     """Raise `exc` unless it means "this store cannot answer now": a bug is never hidden."""
     if not is_unavailable(exc):
         raise exc
+
+
+# Clients hold cursors, so they can forge them: every field is checked before it reaches a store.
+_RANK_MAX = 2**31
+_CursorFields = tuple[
+    Annotated[int, msgspec.Meta(ge=0, le=2**62)],
+    Annotated[str, msgspec.Meta(max_length=64)],
+    float,
+    Annotated[str, msgspec.Meta(max_length=ITEM_ID_MAX_LENGTH, pattern=ITEM_ID_PATTERN)],
+    Annotated[int, msgspec.Meta(ge=0, le=_RANK_MAX)],
+]
+_cursor_fields = msgspec.msgpack.Decoder(_CursorFields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +93,11 @@ class Cursor:
     def decode(cls, text: str, generation: int, list_key: str) -> Cursor:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            gen, key, score, item_id, rank = msgspec.msgpack.decode(raw)
-            cursor = cls(int(gen), str(key), float(score), str(item_id), int(rank))
+            cursor = cls(*_cursor_fields.decode(raw))
         except (binascii.Error, msgspec.DecodeError, ValueError, TypeError) as exc:
             raise BadCursor("the cursor is malformed") from exc
+        if not math.isfinite(cursor.score):
+            raise BadCursor("the cursor is malformed: its score is not a finite number")
         if cursor.list_key != list_key:
             raise BadCursor("the cursor belongs to another list")
         if cursor.generation != generation:

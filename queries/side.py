@@ -3,8 +3,10 @@
 `ReadSide` reads Redis while it answers and its generation is live (caught up at least once), and
 the PostgreSQL read models otherwise. It follows the projector's change notices to know the
 position Redis reflects, which is when cached pages go stale and what `min_position` waits for.
-`respond` turns a read into an HTTP answer: from the page cache or afresh, never below a position
-this server has already answered with, waiting for `min_position` or answering 503, with an ETag.
+`respond` turns a read into an HTTP answer: from the page cache or afresh (identical reads in
+flight share one), never below a position this server has already answered with, waiting for
+`min_position` (woken by the store's progress, never polling per request) or refusing it, with an
+ETag.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from projections import generations
 from projections.redis_store import changes_key
 from queries.cache import Cached, PageCache, Url
 from queries.postgres_reader import PostgresReader
+from queries.progress import Progress, Watched
 from queries.redis_reader import RedisReader
 from queries.shapes import Detail, ListQuery, Page, is_unavailable, raise_unless_unavailable
 
@@ -36,6 +39,11 @@ log = logging.getLogger("voteledger.queries")
 _REDIS_RETRY_AFTER = 1.0
 _REFRESH_EVERY = 1.0
 _FLOOR_WAIT = 1.0  # how long an answer may wait to not go back behind an earlier one
+# A min_position beyond the ledger head the projector last reported is refused after this long:
+# a vote's position can be ahead of the head for the moment the projector takes to read it.
+_HEAD_GRACE = 1.0
+_REDIS_WAIT = 0.5  # a waiter on Redis reads it again at least this often (a notice may be lost)
+_POSTGRES_POLL = 0.1  # how often one task per process reads PostgreSQL's position for waiters
 
 Produced = tuple[str, bytes, int]  # the source that answered, the body, the position it reflects
 Produce = Callable[[], Awaitable[Produced]]
@@ -63,24 +71,37 @@ class ReadSide:
         self.settings = settings
         self.pool = pool_for(settings, "query", name="query")
         # Short timeouts for reads on the request path (a slow Redis means: use PostgreSQL);
-        # blocking reads (pub/sub, the change stream) get a client of their own.
+        # blocking reads (pub/sub, the change stream) get a client of their own. Named, so that
+        # an operator can tell this API's connections apart in CLIENT LIST.
+        name = f"{settings.redis_prefix}:query"
         self.client = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+            settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, client_name=name
         )
         self.blocking = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=30, socket_connect_timeout=0.5
+            settings.redis_url, socket_timeout=30, socket_connect_timeout=0.5, client_name=name
         )
         half_life = settings.trending_half_life_seconds
         self.redis = RedisReader(self.client, settings.redis_prefix, half_life)
         self.postgres = PostgresReader(self.pool, half_life)
         self.redis_generation = 1
-        self.redis_position = 0
+        self.redis_progress = Progress()
+        self.postgres_progress = Watched(self.postgres.position, _POSTGRES_POLL)
         self.redis_live = False
         self.served = 0  # the highest position this server has answered with
-        self.cache = PageCache()
+        self.cache = PageCache(settings.query_cache_bytes)
         self._redis_down_until = 0.0
-        self._changed = asyncio.Event()
+        self._flights: dict[Hashable, asyncio.Future[tuple[str, Cached]]] = {}
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def redis_position(self) -> int:
+        """The position Redis reflects, as its notices and reads have told."""
+        return self.redis_progress.position
+
+    @property
+    def head(self) -> int:
+        """The ledger head as the projector last reported it (0: unknown)."""
+        return max(self.redis.head, self.postgres.head)
 
     async def start(self) -> None:
         await self.pool.open()
@@ -93,6 +114,7 @@ class ReadSide:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.postgres_progress.stop()
         await self.client.aclose()
         await self.blocking.aclose()
         await self.pool.close()
@@ -109,21 +131,20 @@ class ReadSide:
 
     # --- following the projector ------------------------------------------------------------
 
-    def _moved(self, position: int) -> None:
-        if position > self.redis_position:
-            self.redis_position = position
-            changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
+    def moved(self, position: int) -> None:
+        """Redis reflects `position` (a notice, or a read): waiters for it wake."""
+        self.redis_progress.moved(position)
 
     async def _refresh(self) -> None:
         prefix = self.settings.redis_prefix
         generation = await generations.redis(self.client, prefix, self.postgres.generation)
         if generation != self.redis_generation:
             log.info("read-model generation %d -> %d", self.redis_generation, generation)
-            self.redis_generation, self.redis_position = generation, 0
+            self.redis_generation = generation
+            self.redis_progress.restart()
             self.cache.clear()
         position, self.redis_live = await self.redis.position(generation)
-        self._moved(position)
+        self.moved(position)
 
     async def _follow(self) -> None:
         """Keep redis_position current: pub/sub for speed, a periodic refresh for safety."""
@@ -150,7 +171,7 @@ class ReadSide:
                     ignore_subscribe_messages=True, timeout=_REFRESH_EVERY
                 )
                 if message is not None:
-                    self._moved(int(message["data"]))
+                    self.moved(int(message["data"]))
                 if time.monotonic() >= next_refresh:
                     await self._refresh()
                     next_refresh = time.monotonic() + _REFRESH_EVERY
@@ -163,19 +184,6 @@ class ReadSide:
 
     def redis_usable(self) -> bool:
         return self.redis_live and time.monotonic() >= self._redis_down_until
-
-    async def wait_for_position(self, position: int, seconds: float) -> None:
-        """Until the projector's notices report `position` in Redis, or `seconds` have passed.
-
-        Waiters read Redis again only then, not at every notice: with many requests waiting, a
-        read each per notice saturated the process (1,000 reads/s waiting at 1,000 votes/s)."""
-        deadline = time.monotonic() + seconds
-        while self.redis_position < position:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -196,11 +204,13 @@ class ReadSide:
         if self.redis_usable() and not self._too_old_for_redis(query.day):
             try:
                 page = await self.redis.page(self.redis_generation, query, now)
-                self._moved(page.position)  # older cached pages must not answer after this one
+                self.moved(page.position)  # older cached pages must not answer after this one
                 return "redis", page
             except Exception as exc:
-                self._fall_back(exc)  # a BadCursor among them
-        return "postgres", await self.postgres.page(query, now)
+                self._fall_back(exc)  # a BadCursor or a script error is raised, not fallen back
+        page = await self.postgres.page(query, now)
+        self.postgres_progress.moved(page.position)
+        return "postgres", page
 
     async def detail(self, item_id: str, today: date) -> tuple[str, Detail | None, int]:
         now = time.time()
@@ -209,15 +219,17 @@ class ReadSide:
                 found, position = await self.redis.detail(
                     self.redis_generation, item_id, today, now
                 )
-                self._moved(position)
+                self.moved(position)
                 return "redis", found, position
             except Exception as exc:
                 self._fall_back(exc)
         found, position = await self.postgres.detail(item_id, today, now)
+        self.postgres_progress.moved(position)
         return "postgres", found, position
 
     def _fall_back(self, exc: Exception) -> None:
-        """Redis could not answer: PostgreSQL will, for a while. Anything else is raised."""
+        """Redis could not be reached: PostgreSQL answers, for a while. Anything else (bad input,
+        a script error) is raised and answers this request alone."""
         raise_unless_unavailable(exc)
         self._redis_down(exc)
 
@@ -248,9 +260,26 @@ class ReadSide:
         return _response(entry, source, ask.if_none_match)
 
     async def _entry(self, key: Hashable, produce: Produce) -> tuple[str, Cached]:
+        """The cached answer, or a fresh one; identical reads in flight share one (single-flight),
+        so a crowd asking for one page costs one read, also of the PostgreSQL fallback."""
         entry = self.cached(key)
         if entry is not None:
             return "redis", entry
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._produce(key, produce))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._landed(key, done))
+        # Shielded: a client that goes away does not cancel the read for the others.
+        return await asyncio.shield(flight)
+
+    def _landed(self, key: Hashable, flight: asyncio.Future[tuple[str, Cached]]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved, even when every asker has gone
+
+    async def _produce(self, key: Hashable, produce: Produce) -> tuple[str, Cached]:
         source, body, position = await produce()
         if source == "redis":
             return source, self.cache.put(key, body, position, self.redis_generation)
@@ -258,28 +287,49 @@ class ReadSide:
 
     def _shortfall(self, position: int, ask: Ask, started: float) -> tuple[int, float] | None:
         """The position an answer at `position` must wait for and for how long, or None when it
-        may be given now; 503 when min_position is not reached in time."""
-        now = time.monotonic()
-        if ask.min_position is not None and position < ask.min_position:
-            remaining = started + ask.wait_ms / 1000 - now
-            if remaining <= 0:
-                raise _not_yet(position, ask.min_position)
-            return ask.min_position, remaining
-        if position < self.served and now - started < _FLOOR_WAIT:
-            return self.served, _FLOOR_WAIT - (now - started)
+        may be given now; a Problem when min_position is not reached in time, or is beyond the
+        ledger head (after a grace: the projector may not have read a fresh vote yet)."""
+        elapsed = time.monotonic() - started
+        wanted = ask.min_position
+        if wanted is not None and position < wanted:
+            wait = ask.wait_ms / 1000
+            head = self.head
+            if head and wanted > head:
+                wait = min(wait, _HEAD_GRACE)
+                if elapsed >= wait:
+                    raise _not_issued(wanted, head)
+            if elapsed >= wait:
+                raise _not_yet(position, wanted)
+            return wanted, wait - elapsed
+        if position < self.served and elapsed < _FLOOR_WAIT:
+            return self.served, _FLOOR_WAIT - elapsed
         return None
 
     async def _wait(self, source: str, position: int, seconds: float) -> None:
-        """Redis announces its progress; PostgreSQL is polled."""
+        """Woken by the store's progress: Redis's notices, or the one task per process that
+        reads PostgreSQL's position while anyone waits. Redis is read again at least every
+        half second, in case a notice was lost."""
         if source == "redis":
-            await self.wait_for_position(position, min(seconds, 0.5))
+            await self.redis_progress.wait_for(position, min(seconds, _REDIS_WAIT))
         else:
-            await asyncio.sleep(min(seconds, 0.025))
+            await self.postgres_progress.wait_for(position, seconds)
+
+
+NOT_YET_STATUS = 425  # Too Early: retry later; a 4xx, as the client asked for the future
+
+
+def _not_issued(wanted: int, head: int) -> Problem:
+    return Problem(
+        422,
+        f"position {wanted} has not been issued yet; the ledger head is {head}",
+        slug="not-issued",
+        headers={"X-Ledger-Head": str(head)},
+    )
 
 
 def _not_yet(position: int, wanted: int) -> Problem:
     return Problem(
-        503,
+        NOT_YET_STATUS,
         f"the read models reflect position {position}, not yet {wanted}",
         slug="not-yet",
         headers={"Retry-After": "1", "X-Ledger-Position": str(position)},

@@ -43,15 +43,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextlib.contextmanager
 def uvicorn_server(factory: str, settings: Settings) -> Iterator[str]:
-    """Run `uvicorn --factory` in a child process; yields its base URL; stops it by PID."""
+    """Run an API as `python -m infra.serve` (uvicorn with its limits) in a child process;
+    yields its base URL; stops it by PID."""
     port = free_port()
+    api = factory.split(".", 1)[0]  # "commands.app:create_app" -> commands
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "uvicorn",
-            "--factory",
-            factory,
+            "infra.serve",
+            api,
             "--host",
             "127.0.0.1",
             "--port",

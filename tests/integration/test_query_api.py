@@ -38,21 +38,29 @@ class Stack:
     songs: list[str]
 
 
-@pytest.fixture(scope="module")
-async def stack(redis_url: str) -> AsyncIterator[Stack]:
-    """A database of its own, a running worker, both APIs, one agent and 25 songs."""
+@contextlib.asynccontextmanager
+async def running_stack(redis_url: str, songs: int, **overrides: str) -> AsyncIterator[Stack]:
+    """A database of its own, a running worker, both APIs, one agent and `songs` songs."""
     with fresh_database() as url, fresh_redis_prefix(redis_url) as prefix:
-        settings = make_settings(url, redis_url, prefix, VOTELEDGER_POLL_INTERVAL="0.2")
+        overrides = {"VOTELEDGER_POLL_INTERVAL": "0.2"} | overrides
+        settings = make_settings(url, redis_url, prefix, **overrides)
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, stop))
         try:
             async with command_api(settings) as command, query_api(settings) as query:
                 agent = await new_agent(command)
-                songs = [await new_item(command, "song") for _ in range(25)]
-                yield Stack(settings, command, query, agent, songs)
+                items = [await new_item(command, "song") for _ in range(songs)]
+                yield Stack(settings, command, query, agent, items)
         finally:
             stop.set()
             await asyncio.wait_for(worker, 30)
+
+
+@pytest.fixture(scope="module")
+async def stack(redis_url: str) -> AsyncIterator[Stack]:
+    """A database of its own, a running worker, both APIs, one agent and 25 songs."""
+    async with running_stack(redis_url, 25) as stack:
+        yield stack
 
 
 async def vote(stack: Stack, item_id: str, direction: str, agent: Agent | None = None) -> int:
@@ -152,16 +160,18 @@ def _assert_trending_close(a: dict[str, object], b: dict[str, object]) -> None:
                 assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9)
 
 
-async def test_min_position_waits_or_answers_503(stack: Stack) -> None:
-    """A position the projection has not reached yet answers 503 with Retry-After, not stale
-    data; one it has reached answers at once."""
+async def test_min_position_beyond_the_head_answers_422_and_a_reached_one_at_once(
+    stack: Stack,
+) -> None:
+    """A position beyond the ledger head answers a 422 problem (not-issued) without waiting out
+    wait_ms; one the projection has reached answers at once."""
     position = await settled(stack)
     ahead = await stack.query.get(
         "/api/v1/top", params={"item_type": "song", "min_position": position + 10**6, "wait_ms": 50}
     )
-    assert ahead.status_code == 503
+    assert ahead.status_code == 422
     assert ahead.headers["content-type"] == "application/problem+json"
-    assert ahead.headers["Retry-After"] == "1"
+    assert ahead.json()["type"] == "/problems/not-issued"
     reached = await stack.query.get(
         "/api/v1/top", params={"item_type": "song", "min_position": position}
     )

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from infra.problems import Problem
 from infra.settings import Settings
 from queries.side import Ask, Produce, Produced, ReadSide
 
@@ -37,19 +36,6 @@ def answers(*produced: Produced) -> tuple[Produce, list[Produced]]:
     return produce, calls
 
 
-async def test_min_position_not_reached_answers_503_with_the_position_reached(
-    side: ReadSide,
-) -> None:
-    """min_position beyond what the store reflects, past wait_ms: 503 not-yet, Retry-After."""
-    produce, calls = answers(("postgres", b"{}", 7))
-    with pytest.raises(Problem) as raised:
-        await side.respond("k", produce, Ask(min_position=8, wait_ms=30))
-    assert raised.value.status == 503
-    assert raised.value.headers == {"Retry-After": "1", "X-Ledger-Position": "7"}
-    assert len(calls) > 1  # it asked again while waiting
-    assert side.served == 0
-
-
 async def test_etag_revalidation_answers_304_with_the_same_headers(side: ReadSide) -> None:
     """The body's ETag in If-None-Match answers 304, empty, with the same headers."""
     produce, _ = answers(("postgres", b'{"a":1}', 3))
@@ -60,17 +46,6 @@ async def test_etag_revalidation_answers_304_with_the_same_headers(side: ReadSid
     assert again.status_code == 304 and again.body == b""
     for header in ("etag", "x-ledger-position", "x-read-model", "cache-control"):
         assert again.headers[header] == first.headers[header]
-
-
-async def test_an_answer_behind_one_already_given_waits_for_its_source(side: ReadSide) -> None:
-    """With position 10 answered, a fallback at 9 is asked again until it reaches 10."""
-    side.served = 10
-    produce, calls = answers(
-        ("postgres", b"{}", 9), ("postgres", b"{}", 9), ("postgres", b"{}", 10)
-    )
-    response = await side.respond("k", produce, Ask())
-    assert response.headers["x-ledger-position"] == "10"
-    assert [position for _, _, position in calls] == [9, 9, 10]
 
 
 async def test_redis_answers_are_cached_for_their_url(side: ReadSide) -> None:
