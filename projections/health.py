@@ -108,17 +108,17 @@ class Reporter:
 
     async def observed(self, conn: psycopg.AsyncConnection, head: int, watermark: int) -> None:
         """Take note of a read: the head it saw and the watermark after applying it."""
-        progress, resumed = self.progress, self.progress.stall is not None
+        progress, stall = self.progress, self.progress.stall
         if watermark != progress.watermark:
             progress.moved_at = time.time()
             m.PROJECTION_PROGRESS_AT.labels(self.name).set(progress.moved_at)
         progress.head, progress.watermark = max(progress.head, head), watermark
-        if resumed:
-            log.warning("%s: resumed past position %d", self.name, progress.stall.position)  # type: ignore[union-attr]
+        if stall is not None:
+            log.warning("%s: resumed past position %d", self.name, stall.position)
             progress.stall = None
             m.PROJECTION_STALLED.labels(self.name).set(0)
             m.PROJECTION_STALLED_POSITION.labels(self.name).set(0)
-        if resumed or time.monotonic() - self._written >= _WRITE_EVERY:
+        if stall is not None or time.monotonic() - self._written >= _WRITE_EVERY:
             await self._save(conn)
 
     async def _save(self, conn: psycopg.AsyncConnection) -> None:

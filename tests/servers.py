@@ -42,9 +42,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def uvicorn_server(factory: str, settings: Settings) -> Iterator[str]:
-    """Run an API as `python -m infra.serve` (uvicorn with its limits) in a child process;
-    yields its base URL; stops it by PID."""
+def uvicorn_server(factory: str, settings: Settings, **env: str) -> Iterator[str]:
+    """Run an API as `python -m infra.serve` (uvicorn with its limits) in a child process, with
+    the settings' environment and `env`; yields its base URL; stops it by PID."""
     port = free_port()
     api = factory.split(".", 1)[0]  # "commands.app:create_app" -> commands
     proc = subprocess.Popen(
@@ -60,7 +60,7 @@ def uvicorn_server(factory: str, settings: Settings) -> Iterator[str]:
             "--log-level",
             "warning",
         ],
-        env=settings_env(settings),
+        env=settings_env(settings) | env,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -19,39 +17,11 @@ import redis
 from infra.settings import Settings
 from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
 from tests.integration.projection_support import worker_process
-from tests.servers import free_port, settings_env
+from tests.servers import uvicorn_server
 
 pytestmark = pytest.mark.timeout(180)
 CLIENTS = 200
 HEADER_TIMEOUT = 1.0
-
-
-@contextlib.contextmanager
-def served(api: str, settings: Settings, **env: str) -> Iterator[str]:
-    """`python -m infra.serve API` in a child process; yields its base URL; stopped by PID."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "infra.serve", api, "--port", str(port), "--log-level", "warning"],
-        env=settings_env(settings) | env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{api} did not start (exit code {proc.poll()})")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +33,8 @@ def query_url(redis_url: str) -> Iterator[tuple[str, Settings]]:
             "VOTELEDGER_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
             "VOTELEDGER_BODY_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         }
-        with worker_process(settings), served("queries", settings, **env) as query:
+        query_api = uvicorn_server("queries.app:create_app", settings, **env)
+        with worker_process(settings), query_api as query:
             yield query, settings
 
 
