@@ -29,7 +29,7 @@ from cli.common import (
     tune_gc_for_bulk_work,
 )
 from cli.progress import Phases
-from events.store import Checkpoint, Undecodable
+from events.store import Checkpoint, Undecodable, configure_reader
 from infra.settings import Settings
 from projections import verify
 from projections.health import HEALTH
@@ -163,6 +163,7 @@ async def _verify(config: Settings, names: tuple[str, ...], limit: int) -> list[
     outcomes = []
     async with contextlib.AsyncExitStack() as stack:
         ledger = await connect(stack, url)
+        await configure_reader(ledger)  # it also reads a gap-safe batch after each checkpoint
         for name in names:
             target = await open_store(name, config, stack, url)
             generation = await target.live()

@@ -12,12 +12,12 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from importlib import resources
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from infra import scripts
 from infra.metrics import RATE_LIMIT_FALLBACK, RATE_LIMIT_REDIS_UP
 
 
@@ -70,9 +70,7 @@ class RateLimiter:
         self.burst = burst
         self.interval = 1.0 / rate
         self.tolerance = self.interval * burst
-        # redis-py's Script runs EVALSHA and reloads the script when Redis answers NOSCRIPT.
-        script = resources.files("commands").joinpath("ratelimit.lua").read_text()
-        self._script = client.register_script(script)
+        self._script = scripts.load(client, "commands", "ratelimit.lua")
         self._args = msgspec.json.encode(GcraArgs(self.interval * 1000, self.tolerance * 1000))
         self._redis_down_until = 0.0
         self._local: OrderedDict[str, float] = OrderedDict()

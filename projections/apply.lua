@@ -16,7 +16,13 @@ local function refused(reason)
     return cjson.encode({applied = false, reason = reason})
 end
 
-local cur = redis.call('HMGET', meta, 'tx_id', 'position', 'fence', 'epoch', 'retired')
+local cur = redis.call('HMGET', meta, 'tx_id', 'position', 'fence', 'epoch', 'retired', 'dirty')
+-- An earlier batch failed after its first write (Redis keeps what a failed script wrote):
+-- applying anything now would count part of that batch twice. Only a rebuild can mend it.
+if cur[6] then
+    return cjson.encode({applied = false, broken = true,
+                         reason = 'a batch failed halfway at ' .. cur[6] .. '; rebuild redis'})
+end
 -- A rebuild switched readers to a newer generation: this one must not move past what they saw.
 if cur[5] then
     return refused('generation retired')
@@ -44,6 +50,10 @@ local function wilson(up, down)
     if v < 0 then return 0 end
     return v
 end
+
+-- From here on the script writes: marked until the final meta update, so that a failure in
+-- between (out of memory, a key of the wrong type) is seen by the next batch, never repeated.
+redis.call('HSET', meta, 'dirty', a.to_pos)
 
 -- Moving the trending epoch: every stored sum is rescaled by the same factor (ranks unchanged).
 -- Sums too small to survive it become 0, as in projections/model.py and the PostgreSQL store.
@@ -88,6 +98,7 @@ end
 -- `head`: the ledger head as the worker last saw it, so readers can refuse positions beyond it.
 redis.call('HSET', meta, 'tx_id', a.to_tx, 'position', a.to_pos, 'watermark', a.watermark,
            'fence', a.fence, 'epoch', a.epoch, 'head', a.head)
+redis.call('HDEL', meta, 'dirty')
 -- "live": this generation has caught up with the ledger at least once, so readers may use it.
 if a.live then
     redis.call('HSET', meta, 'live', 1)

@@ -28,13 +28,6 @@ async def postgres(conn: psycopg.AsyncConnection) -> int:
     return int(row[0])
 
 
-def postgres_sync(conn: psycopg.Connection) -> int:
-    """`postgres` for synchronous callers (the CLI)."""
-    row = conn.execute(_READ).fetchone()
-    assert row is not None, "read_model_generation has no row: run `voteledger migrate`"
-    return int(row[0])
-
-
 async def lock_postgres(conn: psycopg.AsyncConnection) -> int:
     """The PostgreSQL pointer, locked until the caller's transaction ends."""
     row = await (await conn.execute(_READ_FOR_UPDATE)).fetchone()

@@ -21,6 +21,10 @@ from events.store import Batch, Checkpoint
 from projections.model import Changes, fold
 
 
+class Broken(Exception):
+    """The store holds a batch applied only in part: it takes nothing more until rebuilt."""
+
+
 class Fenced(Exception):
     """The store has moved past this worker: its checkpoint or fence is not what we expected."""
 

@@ -24,19 +24,18 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
-from importlib import resources
 from typing import get_args
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.commands.core import AsyncScript
 
 from events.store import Checkpoint
 from events.types import ItemType
+from infra import scripts
 from projections import generations
 from projections.model import Changes, DayTotals, ItemTotals, keep_above, rescale_factor
-from projections.readmodel import Coverage, Difference, Dump, Fenced, State, Step, advanced
+from projections.readmodel import Broken, Coverage, Difference, Dump, Fenced, State, Step, advanced
 
 log = logging.getLogger("voteledger.projections")
 
@@ -119,6 +118,7 @@ class ApplyArgs(msgspec.Struct, frozen=True):
 class ApplyResult(msgspec.Struct, frozen=True):
     applied: bool
     reason: str = ""
+    broken: bool = False  # an earlier batch failed halfway: nothing applies until a rebuild
 
 
 class DumpArgs(msgspec.Struct, frozen=True):
@@ -155,11 +155,6 @@ _dump_reply = msgspec.json.Decoder(DumpReply)
 _ITEM_TYPES: list[str] = list(get_args(ItemType))
 
 
-def _script(client: aioredis.Redis, name: str) -> AsyncScript:
-    # redis-py's Script runs EVALSHA and reloads the script when Redis answers NOSCRIPT.
-    return client.register_script(resources.files("projections").joinpath(name).read_text())
-
-
 def _daily_expiry(day: date, retention_days: int) -> int:
     """When a daily list expires: the kept days after the end of its day (in seconds, so that a
     day near the end of year 9999 cannot overflow a datetime)."""
@@ -188,9 +183,9 @@ class RedisStore:
         self.stream_max = stream_max
         self.fallback = fallback  # the generation to use while Redis has no pointer
         self.ledger = ledger  # the id of the ledger projected here (None: not checked)
-        self._apply = _script(client, "apply.lua")
-        self._dump = _script(client, "dump.lua")
-        self._switch = _script(client, "switch.lua")
+        self._apply = scripts.load(client, "projections", "apply.lua")
+        self._dump = scripts.load(client, "projections", "dump.lua")
+        self._switch = scripts.load(client, "projections", "switch.lua")
 
     async def live(self) -> int:
         return await generations.redis(self.client, self.prefix, self.fallback)
@@ -242,6 +237,8 @@ class RedisStore:
         args = self._apply_args(state, step, fence, half_life)
         raw = await self._apply(keys=[namespace(self.prefix, generation)], args=[_encode(args)])
         result = _apply_result.decode(raw)
+        if result.broken:
+            raise Broken(result.reason)
         if not result.applied:
             raise Fenced(f"redis refused the batch: {result.reason}")
         return advanced(state, step)

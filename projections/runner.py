@@ -28,7 +28,7 @@ from infra import metrics as m
 from infra.settings import Settings
 from projections.health import Reporter
 from projections.lease import Lease, LeaseLost
-from projections.readmodel import Fenced, ReadModelStore, State, step_for
+from projections.readmodel import Broken, Fenced, ReadModelStore, State, step_for
 from projections.shared import Read, SharedReads
 from projections.stores import NAMES, connect, open_store
 from projections.watermark import Watermark
@@ -44,7 +44,7 @@ _PARTITION_EVERY = 3600.0
 _STEP_DOWN = (Fenced, LeaseLost, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 # A store refusing the values of a batch (a script error, a value out of range): retrying at once
 # would meet the same values, so the projection stalls at the event instead.
-_REFUSED = (ResponseError, psycopg.errors.DataError)
+_REFUSED = (ResponseError, psycopg.errors.DataError, Broken)
 STALL_RETRY = 30.0
 
 

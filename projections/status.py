@@ -9,6 +9,7 @@ import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import psycopg
 from redis.exceptions import RedisError
 
 from events import store
@@ -110,7 +111,7 @@ async def status(settings: Settings) -> Status:
                 target = await open_store(name, settings, stack, url, redis_timeout=3)
                 generation = await target.live()
                 state = await target.checkpoint(generation) or State()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, psycopg.OperationalError) as exc:
                 unreachable[name] = str(exc)
             held = holders.get(name, lease.Holder())
             rows.append(_row(name, generation, state, head, held, reported.get(name)))

@@ -7,6 +7,7 @@ descending, bytewise: `COLLATE "C"` on the read models), so Redis and PostgreSQL
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date
@@ -23,11 +24,10 @@ from queries.shapes import Cursor, Detail, Entry, ListQuery, Page, display
 _SCORE_COLUMN = {"top": "net", "confidence": "wilson", "trending": "trend", "daily": "net"}
 
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
-# The ledger head through to_jsonb, so that a checkpoint row without the column (a database not
-# yet migrated to it) reads as "head unknown" instead of failing every read.
+# ledger_head: every generation's checkpoint has it since 0007_projection_health.sql.
 _POSITION = """
-SELECT watermark, trend_epoch, (to_jsonb(c) ->> 'ledger_head')::bigint
-FROM {schema}.checkpoint AS c WHERE projection = 'postgres'
+SELECT watermark, trend_epoch, ledger_head
+FROM {schema}.checkpoint WHERE projection = 'postgres'
 """
 _LIST = """
 SELECT item_id, item_type, title, up, down, {score}
@@ -62,7 +62,9 @@ WHERE i.item_id = %(item_id)s
 Row = tuple[Any, ...]
 
 
+@functools.lru_cache(maxsize=64)
 def _statement(text: str, generation: int, score: str = "net") -> sql.Composed:
+    """A statement composed for one generation (and score column), once."""
     return sql.SQL(text).format(schema=schema(generation), score=sql.Identifier(score))
 
 

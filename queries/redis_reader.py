@@ -10,7 +10,6 @@ table as a map), so those fields have defaults.
 from __future__ import annotations
 
 from datetime import date
-from importlib import resources
 from typing import cast
 
 import msgspec
@@ -18,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from events.types import ItemType
+from infra import scripts
 from projections.redis_store import meta_key, namespace
 from queries.shapes import Cursor, Detail, Entry, ListQuery, NotReady, Page, display
 
@@ -96,10 +96,8 @@ class RedisReader:
         self.prefix = prefix
         self.half_life = half_life
         self.head = 0  # the highest ledger head the projector has written with its checkpoint
-        # redis-py's Script runs EVALSHA and reloads the script when Redis answers NOSCRIPT.
-        files = resources.files("queries")
-        self._page = client.register_script(files.joinpath("page.lua").read_text())
-        self._item = client.register_script(files.joinpath("item.lua").read_text())
+        self._page = scripts.load(client, "queries", "page.lua")
+        self._item = scripts.load(client, "queries", "item.lua")
 
     async def page(self, generation: int, query: ListQuery, now: float) -> Page:
         cursor = query.after(generation)

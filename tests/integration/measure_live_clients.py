@@ -13,36 +13,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 import time
 
 import httpx
-import redis
 
+from infra.settings import Settings
 from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
 from tests.integration.projection_support import worker_process
-from tests.servers import free_port, settings_env
+from tests.integration.test_live_clients import connections
+from tests.servers import uvicorn_server
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def rss_mib(query: str) -> float:
+    """The query API's resident memory, as its own /metrics reports it."""
+    for line in httpx.get(f"{query}/metrics", timeout=5).text.splitlines():
+        if line.startswith("process_resident_memory_bytes "):
+            return float(line.split()[1]) / 2**20
     return 0.0
 
 
-def named_connections(url: str, name: str) -> int:
-    client = redis.Redis.from_url(url)
-    try:
-        return sum(1 for c in client.client_list() if c["name"] == name)
-    finally:
-        client.close()
-
-
-async def run(query: str, pid: int, redis_url: str, name: str, clients: int) -> None:
-    print(f"idle: {rss_mib(pid):.1f} MiB, {named_connections(redis_url, name)} Redis connections")
+async def run(query: str, settings: Settings, clients: int) -> None:
+    print(f"idle: {rss_mib(query):.1f} MiB, {connections(settings)} Redis connections")
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
     async with (
         httpx.AsyncClient(timeout=60, limits=limits) as http,
@@ -59,11 +51,11 @@ async def run(query: str, pid: int, redis_url: str, name: str, clients: int) -> 
         print(f"{clients} SSE clients connected in {time.monotonic() - started:.1f} s: {statuses}")
         await asyncio.sleep(2)
         print(
-            f"with {clients} clients: {rss_mib(pid):.1f} MiB resident, "
-            f"{named_connections(redis_url, name)} Redis connections"
+            f"with {clients} clients: {rss_mib(query):.1f} MiB resident, "
+            f"{connections(settings)} Redis connections"
         )
     await asyncio.sleep(1)
-    print(f"after they closed: {named_connections(redis_url, name)} Redis connections")
+    print(f"after they closed: {connections(settings)} Redis connections")
 
 
 def main() -> None:
@@ -71,22 +63,10 @@ def main() -> None:
     redis_url = os.environ["REDIS_URL"]
     with fresh_database() as url, fresh_redis_prefix(redis_url) as prefix:
         settings = make_settings(url, redis_url, prefix)
-        port = free_port()
-        env = settings_env(settings) | {"VOTELEDGER_STREAM_CLIENTS_MAX": str(clients)}
-        command = [sys.executable, "-m", "infra.serve", "queries", "--port", str(port)]
-        with worker_process(settings):
-            proc = subprocess.Popen([*command, "--log-level", "warning"], env=env)
-            try:
-                query = f"http://127.0.0.1:{port}"
-                for _ in range(200):
-                    with contextlib.suppress(httpx.TransportError):
-                        if httpx.get(f"{query}/readyz", timeout=1).status_code == 200:
-                            break
-                    time.sleep(0.1)
-                asyncio.run(run(query, proc.pid, redis_url, f"{prefix}:query", clients))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=10)
+        cap = {"VOTELEDGER_STREAM_CLIENTS_MAX": str(clients)}
+        query_api = uvicorn_server("queries.app:create_app", settings, **cap)
+        with worker_process(settings), query_api as query:
+            asyncio.run(run(query, settings, clients))
 
 
 if __name__ == "__main__":

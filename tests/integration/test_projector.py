@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from events import store
 from events.store import Checkpoint
@@ -20,7 +21,7 @@ from events.types import ItemListed, Recorded, VoteCast
 from infra.settings import Settings
 from projections.model import Changes, fold
 from projections.postgres_store import PostgresStore
-from projections.readmodel import Fenced, State, Step
+from projections.readmodel import Broken, Fenced, State, Step
 from projections.redis_store import RedisStore
 from projections.redis_store import namespace as redis_namespace
 from projections.runner import run_worker
@@ -256,6 +257,29 @@ async def test_redis_apply_is_exactly_once_and_fenced(isolated: Settings) -> Non
         assert await client.zscore(f"{ns}:top:song", "song-x") == 1
         entries = await client.xrange(f"{ns}:changes")
         assert [e[1][b"position"] for e in entries] == [b"2", b"4"]
+    finally:
+        await client.aclose()
+
+
+async def test_a_redis_batch_that_fails_halfway_is_never_applied_again(
+    isolated: Settings,
+) -> None:
+    """A script that fails after its first write leaves the generation marked: the same batch
+    (or any other) is refused as broken instead of counting the written part twice."""
+    client = aioredis.Redis.from_url(isolated.redis_url)
+    try:
+        target = redis_store(client, isolated.redis_prefix)
+        ns = redis_namespace(isolated.redis_prefix, 1)
+        state = await target.start(1)
+        await client.set(f"{ns}:top:song", "not a sorted set")  # ZADD fails after HINCRBY
+        step, _ = _batch("song-x", 100, 2)
+        with pytest.raises(ResponseError):
+            await target.apply(1, state, step, fence=1, half_life=3600.0)
+        assert await client.hget(f"{ns}:item:song-x", "up") == b"1"  # written before it failed
+        await client.delete(f"{ns}:top:song")
+        with pytest.raises(Broken):
+            await target.apply(1, state, step, fence=1, half_life=3600.0)
+        assert await client.hget(f"{ns}:item:song-x", "up") == b"1"
     finally:
         await client.aclose()
 

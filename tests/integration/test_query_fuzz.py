@@ -15,7 +15,7 @@ from schemathesis.checks import not_a_server_error
 
 from tests.conftest import OPERATOR_TOKEN, fresh_database, fresh_redis_prefix, make_settings
 from tests.integration.projection_support import worker_process
-from tests.integration.test_live_clients import served
+from tests.servers import uvicorn_server
 
 pytestmark = pytest.mark.timeout(600)
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -28,8 +28,8 @@ def query_url(redis_url: str) -> Iterator[str]:
         settings = make_settings(url, redis_url, prefix, VOTELEDGER_POLL_INTERVAL="0.2")
         with (
             worker_process(settings),
-            served("commands", settings) as command,
-            served("queries", settings) as query,
+            uvicorn_server("commands.app:create_app", settings) as command,
+            uvicorn_server("queries.app:create_app", settings) as query,
         ):
             position = _seed(command)
             deadline = time.monotonic() + 30

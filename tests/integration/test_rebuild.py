@@ -188,7 +188,8 @@ async def test_verify_detects_corruption(isolated: Settings) -> None:
         await wait_caught_up(isolated)
     healthy = cli(isolated, "verify", "--json")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert all(o["equal"] for o in json.loads(healthy.stdout))
+    outcomes = json.loads(healthy.stdout)
+    assert outcomes and all(o["equal"] for o in outcomes)
 
     song = next(i for i in items if i.startswith("song"))
     with psycopg.connect(isolated.database_url, autocommit=True) as conn:
