@@ -57,4 +57,5 @@ clean:
 ## bench: end-to-end benchmarks against same-run baselines (throwaway, durable PostgreSQL/Redis); writes bench/results.json
 .PHONY: bench
 bench: $(STAMP)
-	$(BIN)/python -m devtools.devstack exec -- $(BIN)/python -m bench.run
+	DEVSTACK_PG_SETTINGS=shared_preload_libraries=pg_stat_statements \
+	  $(BIN)/python -m devtools.devstack exec -- $(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -234,6 +234,8 @@ def _start_pg(stack: ExitStack, fast: bool) -> str:
     settings = ["max_connections=300", "shared_buffers=256MB"]
     if fast:  # tests only: a crash loses the (throwaway) data, we don't care
         settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+    # More, for profiling: e.g. shared_preload_libraries=pg_stat_statements (space-separated).
+    settings += os.environ.get("DEVSTACK_PG_SETTINGS", "").split()
     cmd = [str(bindir / "postgres"), "-D", str(data), "-k", str(data)]
     cmd += ["-h", "127.0.0.1", "-p", str(port)]
     cmd += [arg for setting in settings for arg in ("-c", setting)]
