@@ -54,12 +54,19 @@ ORDER BY k1, k2
 # The key-to-agent mapping never changes and is cached; revocation is checked in every batch.
 # Every write of a slot happens under its lock, so the states read after the locks are the
 # latest (each statement takes a new snapshot) and stay so until this transaction commits. A slot
-# with no row yet reads as NULLs: the empty slot.
+# with no row yet reads as NULLs: the empty slot. Each row is looked up by its primary key (the
+# LIMIT keeps the planner from turning the lookups into a join): the planner guesses 100 rows for
+# any jsonb_to_recordset, and for 100 rows it would rather hash-join a sequential scan of the
+# whole table, a cost that grows with the table.
 _SLOT_STATES = """
-SELECT t.a, t.i, s.direction, s.cast_at, s.version, s.last_position, ag.revoked_at IS NOT NULL
+SELECT t.a, t.i, s.direction, s.cast_at, s.version, s.last_position, ag.revoked
 FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, i text)
-JOIN agents AS ag ON ag.agent_id = t.a
-LEFT JOIN vote_slots AS s ON s.agent_id = t.a AND s.item_id = t.i
+CROSS JOIN LATERAL (
+    SELECT revoked_at IS NOT NULL AS revoked FROM agents WHERE agent_id = t.a LIMIT 1
+) AS ag
+LEFT JOIN LATERAL (
+    SELECT * FROM vote_slots WHERE agent_id = t.a AND item_id = t.i LIMIT 1
+) AS s ON true
 """
 # A slot's cast time is its last event's recorded time: both are now(), the transaction's start.
 _SAVE_SLOTS = """
