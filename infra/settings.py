@@ -75,6 +75,9 @@ class Settings:
     changes_stream_max: int
     query_cache_bytes: int = 64 * 2**20
     stream_clients_max: int = 1000
+    # The least time between two live batches of a projection: events that arrive meanwhile
+    # are applied together, so the fixed costs of a batch are shared (lag: at most this more).
+    batch_interval: float = 0.025
     cors_origins: tuple[str, ...] = ("*",)
     command_cors_origins: tuple[str, ...] = ()
     header_timeout_seconds: float = 10.0
@@ -135,6 +138,7 @@ class Settings:
             changes_stream_max=_int(env, "VOTELEDGER_CHANGES_STREAM_MAX", 10000, 10),
             query_cache_bytes=_int(env, "VOTELEDGER_QUERY_CACHE_BYTES", 64 * 2**20, 2**16),
             stream_clients_max=_int(env, "VOTELEDGER_STREAM_CLIENTS_MAX", 1000, 1),
+            batch_interval=_float(env, "VOTELEDGER_BATCH_INTERVAL", 0.025, 0.0),
             cors_origins=_origins(env, "VOTELEDGER_CORS_ORIGINS", "*"),
             command_cors_origins=_origins(env, "VOTELEDGER_COMMAND_CORS_ORIGINS", ""),
             header_timeout_seconds=_float(env, "VOTELEDGER_HEADER_TIMEOUT_SECONDS", 10.0, 0.1),

@@ -38,6 +38,10 @@ log = logging.getLogger("voteledger.projector")
 PROJECTIONS = NAMES
 _HELD_POLL = 0.005  # positions are drawn but not readable yet: their transactions end very soon
 _GENERATION_CHECK = 1.0
+# Live, a batch follows the last one within tens of milliseconds. What is only a report or a
+# quick step-down (fencing already refuses a stale worker's writes) is checked once a second,
+# not once a batch: each is a round trip.
+_CHECK_EVERY = 1.0
 _PARTITION_EVERY = 3600.0
 # A rebuild switched generations and dropped the one this worker was still writing before it
 # noticed (UndefinedTable), or the store moved past it: it starts over on the current pointer.
@@ -141,9 +145,9 @@ class ProjectionRunner:
             *(self.name, generation, state.checkpoint.position, state.watermark),
         )
         tracker, pace = Watermark(state.watermark), _Pace(self.settings.batch_min)
-        next_generation_check = time.monotonic() + _GENERATION_CHECK
+        next_generation_check = next_check = time.monotonic() + _GENERATION_CHECK
         while not self.stop.is_set():
-            batch = None
+            batch, started = None, time.monotonic()
             try:
                 read = await self.reads.read(reader, state.checkpoint, pace.size)
                 batch, watermark = read.batch, tracker.observe(read.batch)
@@ -166,13 +170,17 @@ class ProjectionRunner:
             await self.health.observed(reader, batch.allocated, state.watermark)
             if not batch.complete:
                 continue
-            await self._held_back(pace, reader, lag)
-            await lease.check()
+            probe = time.monotonic() >= next_check
+            await self._held_back(pace, reader, lag, probe)
+            if probe:
+                await lease.check()
+                next_check = time.monotonic() + _CHECK_EVERY
             if time.monotonic() >= next_generation_check:
                 if await target.live() != generation:
                     log.info("%s: active generation changed; switching", self.name)
                     return
                 next_generation_check = time.monotonic() + _GENERATION_CHECK
+            await self._gather(started)
             await self._wait(listener, pace.wait(lag, self.settings.poll_interval))
 
     async def _stalled(
@@ -215,11 +223,16 @@ class ProjectionRunner:
         m.PROJECTION_LAG_SECONDS.labels(self.name).set(pace.lag_seconds(lag))
         return lag
 
-    async def _held_back(self, pace: _Pace, reader: psycopg.AsyncConnection, lag: int) -> None:
-        """Report how long an open transaction has kept committed events from the reader."""
-        if lag and await store.held_back(reader):
+    async def _held_back(
+        self, pace: _Pace, reader: psycopg.AsyncConnection, lag: int, probe: bool
+    ) -> None:
+        """Report how long an open transaction has kept committed events from the reader
+        (asking PostgreSQL only when `probe`; no lag needs no asking)."""
+        if not lag:
+            pace.held_since = None
+        elif probe and await store.held_back(reader):
             pace.held_since = pace.held_since or time.monotonic()
-        else:
+        elif probe:
             pace.held_since = None
         held = time.monotonic() - pace.held_since if pace.held_since else 0.0
         m.PROJECTION_HELD_BACK_SECONDS.labels(self.name).set(held)
@@ -244,6 +257,14 @@ class ProjectionRunner:
             m.PROJECTION_APPLIED.labels(self.name).inc(len(batch.events))
             m.PROJECTION_BATCH.labels(self.name).observe(len(batch.events))
         return state
+
+    async def _gather(self, started: float) -> None:
+        """Let live events gather for the next batch until `batch_interval` after this one
+        started (NOTIFYs meanwhile wait in the listener's connection)."""
+        left = started + self.settings.batch_interval - time.monotonic()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), left)
 
     async def _wait(self, listener: psycopg.AsyncConnection, seconds: float) -> None:
         """Sleep until a NOTIFY (only a wake-up: the loop reads from its checkpoint anyway)."""

@@ -2,9 +2,10 @@
 
 The fold here streams the ledger up to a store's checkpoint with one COPY (not the runner's
 gap-safe batches) and folds it in chunks, in read order (the trending clock follows it), so it
-shares no batching or checkpointing with the runner. Trending sums are compared as decayed values at one instant, since their stored form
-depends on the epoch each store chose. Each store says what it keeps (`Coverage`) and gives a
-consistent snapshot of itself (`ReadModelStore.dump`); everything else here is store-agnostic.
+shares no batching or checkpointing with the runner. Trending sums are compared as decayed
+values at one instant, since their stored form depends on the epoch each store chose. Each
+store says what it keeps (`Coverage`) and gives a consistent snapshot of itself
+(`ReadModelStore.dump`); everything else here is store-agnostic.
 """
 
 from __future__ import annotations
