@@ -36,7 +36,7 @@ class VoteBatcher:
         limiter: RateLimiter,
         *,
         max_batch: int = 256,
-        workers: int = 4,
+        workers: int = 2,
     ) -> None:
         self.pool = pool
         self.known = known
