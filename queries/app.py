@@ -18,6 +18,7 @@ from infra import heap, problems
 from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.settings import Settings, get_settings
 from queries.cache import CachedPages
+from queries.direct import ItemEndpoint
 from queries.routes import router
 from queries.side import ReadSide
 from queries.stream import StreamHub
@@ -55,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.side = side
     app.state.hub = StreamHub(side, settings.stream_clients_max)
-    # Added first, so it runs inside EdgeMiddleware and its answers are counted in the metrics.
+    # Added first, so they run inside EdgeMiddleware and their answers are counted in the
+    # metrics: a cached page first, then an item's detail, before routing.
+    app.add_middleware(ItemEndpoint, side=side)
     app.add_middleware(CachedPages, current=side.current_page)
     if settings.cors_origins:
         # Outside CachedPages, so cached answers carry the headers too. Rankings are public: any

@@ -33,7 +33,8 @@ from queries.shapes import BadCursor, DetailAt, ListName, ListQuery, Page, Stale
 from queries.side import NOT_YET_STATUS, Ask, Produced, ReadSide
 from queries.stream import Listener, StreamFull, StreamHub, change_events
 
-_MAX_WAIT_MS = 5000
+MAX_WAIT_MS = 5000
+MAX_POSITION = 2**62
 
 _encoder = msgspec.json.Encoder()
 
@@ -49,10 +50,12 @@ LimitParam = Annotated[int, Query(ge=1, le=200)]
 CursorParam = Annotated[str | None, Query(max_length=512, description="next_cursor of a page")]
 MinPosition = Annotated[
     int | None,
-    Query(ge=0, le=2**62, description="Answer only once the data reflects this ledger position"),
+    Query(
+        ge=0, le=MAX_POSITION, description="Answer only once the data reflects this ledger position"
+    ),
 ]
 WaitMs = Annotated[
-    int, Query(ge=0, le=_MAX_WAIT_MS, description="How long to wait for min_position (ms)")
+    int, Query(ge=0, le=MAX_WAIT_MS, description="How long to wait for min_position (ms)")
 ]
 ItemId = Annotated[str, Path(min_length=1, max_length=ITEM_ID_MAX_LENGTH, pattern=ITEM_ID_PATTERN)]
 
@@ -227,7 +230,9 @@ async def _listener(
 async def stream(
     side: Side,
     listener: Annotated[Listener, Depends(_listener)],
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=2**62)] = None,
+    last_event_id: Annotated[
+        int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_POSITION)
+    ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     async for kind, position, data in change_events(side, listener, last_event_id):
         yield ServerSentEvent(event=kind, id=str(position), data=data, retry=2000)
@@ -238,7 +243,7 @@ async def ws(
     websocket: WebSocket,
     side: Side,
     item_type: StreamItemType = None,
-    last_event_id: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    last_event_id: Annotated[int | None, Query(ge=0, le=MAX_POSITION)] = None,
 ) -> None:
     await websocket.accept()
     try:
