@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from queries.shapes import is_unavailable
@@ -27,14 +28,22 @@ class Progress:
     def __init__(self) -> None:
         self.position = 0
         self.head = 0
-        self._changed = asyncio.Event()
+        # Waiters by the position they wait for: a move wakes only those it satisfies. Woken all
+        # at once, a thousand waiters re-armed a thousand timeouts at each of the projector's
+        # dozens of batches a second.
+        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._count = itertools.count()
+        self._gone = 0  # waiters in the heap that left without being woken
 
     def moved(self, position: int, head: int = 0) -> None:
         self.head = max(self.head, head)
         if position > self.position:
             self.position = position
-            changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
+            heap = self._heap
+            while heap and heap[0][0] <= position:
+                future = heapq.heappop(heap)[2]
+                if not future.done():
+                    future.set_result(None)
 
     def restart(self) -> None:
         """Another generation: its position is learnt afresh."""
@@ -45,13 +54,28 @@ class Progress:
 
         Waiters read the store again only then, not at every move: with many requests waiting, a
         read each per notice saturated the process (1,000 reads/s waiting at 1,000 votes/s)."""
-        deadline = time.monotonic() + seconds
-        while self.position < position:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+        if self.position >= position or seconds <= 0:
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, (position, next(self._count), future))
+        try:
+            async with asyncio.timeout(seconds):
+                await future
+        except TimeoutError:
+            pass
+        finally:
+            if future.cancelled() or not future.done():  # left unwoken (timed out, cancelled):
+                future.cancel()  # its entry is dropped when a move reaches it, or below
+                self._gone += 1
+                if self._gone > 64 and 2 * self._gone > len(self._heap):
+                    self._drop_gone()
+
+    def _drop_gone(self) -> None:
+        """Forget the waiters that left before their position was reached, once they are most
+        of the heap (positions far ahead, never reached, must not pile up)."""
+        self._heap = [w for w in self._heap if not w[2].done()]
+        heapq.heapify(self._heap)
+        self._gone = 0
 
 
 class Watched(Progress):

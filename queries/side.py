@@ -37,6 +37,8 @@ from queries.shapes import Detail, ListQuery, Page, is_unavailable, raise_unless
 log = logging.getLogger("voteledger.queries")
 
 _REDIS_RETRY_AFTER = 1.0
+_REDIS_CONNECTIONS = 32  # request-path connections per process
+_REDIS_POOL_WAIT = 5.0  # seconds a read may wait for one of them
 _REFRESH_EVERY = 1.0
 _FLOOR_WAIT = 1.0  # how long an answer may wait to not go back behind an earlier one
 # A min_position beyond the ledger head the projector last reported is refused after this long:
@@ -74,8 +76,18 @@ class ReadSide:
         # blocking reads (pub/sub, the change stream) get a client of their own. Named, so that
         # an operator can tell this API's connections apart in CLIENT LIST.
         name = f"{settings.redis_prefix}:query"
-        self.client = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, client_name=name
+        # A bounded pool: requests wait their turn for a connection. Unbounded, a burst of a
+        # thousand reads opened a thousand connections, whose connects timed out on a busy
+        # machine and sent every read to the slower fallback, which made the machine busier.
+        self.client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=_REDIS_CONNECTIONS,
+                timeout=_REDIS_POOL_WAIT,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
+                client_name=name,
+            )
         )
         self.blocking = aioredis.Redis.from_url(
             settings.redis_url, socket_timeout=30, socket_connect_timeout=0.5, client_name=name
