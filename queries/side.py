@@ -262,6 +262,13 @@ class ReadSide:
         waits, briefly, for its source to catch up.
         """
         started = time.monotonic()
+        wanted = ask.min_position
+        if wanted is not None and self.redis_usable():
+            # Read your writes: Redis is known not to reflect it yet, so a read now would only
+            # be read again. Wait for the notice first; the loop below still bounds the whole
+            # wait (this one is shorter than its grace for a position beyond the head).
+            wait = min(ask.wait_ms / 1000, _REDIS_WAIT, _HEAD_GRACE)
+            await self.redis_progress.wait_for(wanted, wait)
         source, entry = await self._entry(key, produce)
         while (shortfall := self._shortfall(entry.position, ask, started)) is not None:
             await self._wait(source, *shortfall)
