@@ -9,8 +9,11 @@ table, compares it with the previous bench/results.json and writes the new one. 
   catch-up   a projector worker from zero into both read models  vs  COPY of the same rows
   rebuild    `voteledger rebuild`, then `voteledger verify`, over the same ledger (wall time)
   votes      POST /vote at 16 and 64 connections  vs  /healthz  and  pgbench of the same SQL
+  naive      bench/naive.py, the seed's design written plainly: votes at 16 and 64, top-50
+  whole stack  votes at 16 and 64 with every server of `make run` on one CPU  vs  naive;
+             lag at the end, CPU per vote per process, WAL and pg_stat_statements per vote
   live lag   votes at a fixed rate: vote response -> visible in the query API / in Redis
-  reads      GET /top and /items/{id} at 64 connections  vs  /healthz  and  redis-benchmark
+  reads      GET /top and /items/{id} at 64 connections  vs  /healthz, redis-benchmark, naive
 """
 
 from __future__ import annotations
@@ -997,7 +1000,8 @@ def pinning() -> str:
     return (
         f"closed-loop HTTP and pgbench/redis-benchmark: the API process under test on CPU "
         f"{SERVER_CPU}, the load generator on CPU {LOAD_CPU}; PostgreSQL and Redis float over "
-        "both. Batch scenarios and live lag (three Python servers at once) are not pinned."
+        f"both. The whole stack: every server make run starts on CPU {SERVER_CPU}. Batch "
+        "scenarios and live lag (three Python servers at once) are not pinned."
     )
 
 
