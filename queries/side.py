@@ -285,7 +285,11 @@ class ReadSide:
         if entry is not None:
             return "redis", entry
         flight = self._flights.get(key)
-        if flight is None:
+        # A landed flight may still be listed (its callback removing it has not run yet): its
+        # answer is the one just found short. Awaiting it again returns at once, without
+        # yielding, so a waiter whose position Redis already reached would spin on it,
+        # holding the event loop until its wait ran out.
+        if flight is None or flight.done():
             flight = asyncio.ensure_future(self._produce(key, produce))
             self._flights[key] = flight
             flight.add_done_callback(lambda done: self._landed(key, done))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from infra.settings import Settings
+from queries.cache import Cached
 from queries.side import Ask, Produce, Produced, ReadSide
 
 
@@ -60,3 +62,18 @@ async def test_redis_answers_are_cached_for_their_url(side: ReadSide) -> None:
     assert cached is not None and cached.body == b"[]" and cached.position == 5
     side.served = 6  # an answer given since is ahead of it: route normally
     assert side.current_page(url) is None
+
+
+async def test_a_landed_flight_still_listed_is_read_afresh_not_spun_on(side: ReadSide) -> None:
+    """A read whose flight has landed, before the callback that unlists it has run, and whose
+    answer is short of a position Redis has already reached, reads again: awaiting the landed
+    flight would return at once, and the request would spin, holding the event loop."""
+    side.redis_live = True
+    stale = side.cache.put("k", b"old", 3, side.redis_generation)
+    landed: asyncio.Future[tuple[str, Cached]] = asyncio.get_running_loop().create_future()
+    landed.set_result(("redis", stale))
+    side._flights["k"] = landed  # as between its landing and its callback
+    side.moved(9)  # Redis reflects 9: the stale answer is no longer served from the cache
+    produce, calls = answers(("redis", b"new", 9))
+    response = await asyncio.wait_for(side.respond("k", produce, Ask(min_position=9)), 2)
+    assert response.body == b"new" and len(calls) == 1
