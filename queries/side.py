@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -37,8 +37,8 @@ from queries.shapes import Detail, ListQuery, Page, is_unavailable, raise_unless
 log = logging.getLogger("voteledger.queries")
 
 _REDIS_RETRY_AFTER = 1.0
-_REDIS_CONNECTIONS = 32  # request-path connections per process
-_REDIS_POOL_WAIT = 5.0  # seconds a read may wait for one of them
+_REDIS_CONNECTIONS = 32  # request-path reads of Redis at once, per process
+_REDIS_POOL_WAIT = 5.0  # seconds a read may wait for its turn
 _REFRESH_EVERY = 1.0
 _FLOOR_WAIT = 1.0  # how long an answer may wait to not go back behind an earlier one
 # A min_position beyond the ledger head the projector last reported is refused after this long:
@@ -82,7 +82,7 @@ class ReadSide:
         self.client = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 settings.redis_url,
-                max_connections=_REDIS_CONNECTIONS,
+                max_connections=_REDIS_CONNECTIONS + 4,  # and the follower's refreshes
                 timeout=_REDIS_POOL_WAIT,
                 socket_timeout=0.5,
                 socket_connect_timeout=0.5,
@@ -102,6 +102,7 @@ class ReadSide:
         self.served = 0  # the highest position this server has answered with
         self.cache = PageCache(settings.query_cache_bytes)
         self._redis_down_until = 0.0
+        self._redis_turns = asyncio.Semaphore(_REDIS_CONNECTIONS)
         self._flights: dict[Hashable, asyncio.Future[tuple[str, Cached]]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -215,7 +216,8 @@ class ReadSide:
         now = time.time()
         if self.redis_usable() and not self._too_old_for_redis(query.day):
             try:
-                page = await self.redis.page(self.redis_generation, query, now)
+                async with self._redis_turn():
+                    page = await self.redis.page(self.redis_generation, query, now)
                 self.moved(page.position)  # older cached pages must not answer after this one
                 return "redis", page
             except Exception as exc:
@@ -228,9 +230,10 @@ class ReadSide:
         now = time.time()
         if self.redis_usable():
             try:
-                found, position = await self.redis.detail(
-                    self.redis_generation, item_id, today, now
-                )
+                async with self._redis_turn():
+                    found, position = await self.redis.detail(
+                        self.redis_generation, item_id, today, now
+                    )
                 self.moved(position)
                 return "redis", found, position
             except Exception as exc:
@@ -238,6 +241,26 @@ class ReadSide:
         found, position = await self.postgres.detail(item_id, today, now)
         self.postgres_progress.moved(position)
         return "postgres", found, position
+
+    @contextlib.asynccontextmanager
+    async def _redis_turn(self) -> AsyncIterator[None]:
+        """A turn at the request path's Redis connections. Waiting too long for one means this
+        process is overloaded, not that Redis is down: the request is refused (503), and Redis
+        stays in use. Falling back would clear the cache and move the load to PostgreSQL."""
+        try:
+            async with asyncio.timeout(_REDIS_POOL_WAIT):
+                await self._redis_turns.acquire()
+        except TimeoutError:
+            raise Problem(
+                503,
+                "the query API is busy; retry shortly",
+                slug="busy",
+                headers={"Retry-After": "1"},
+            ) from None
+        try:
+            yield
+        finally:
+            self._redis_turns.release()
 
     def _fall_back(self, exc: Exception) -> None:
         """Redis could not be reached: PostgreSQL answers, for a while. Anything else (bad input,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
+import queries.side
+from infra.problems import Problem
 from infra.settings import Settings
 from queries.cache import Cached
 from queries.side import Ask, Produce, Produced, ReadSide
@@ -77,3 +80,20 @@ async def test_a_landed_flight_still_listed_is_read_afresh_not_spun_on(side: Rea
     produce, calls = answers(("redis", b"new", 9))
     response = await asyncio.wait_for(side.respond("k", produce, Ask(min_position=9)), 2)
     assert response.body == b"new" and len(calls) == 1
+
+
+async def test_waiting_too_long_for_redis_refuses_the_read_without_falling_back(
+    side: ReadSide, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overloaded process (every request-path Redis turn taken) answers 503 busy, and keeps
+    using Redis: falling back would clear the cache and move the load to PostgreSQL."""
+    monkeypatch.setattr(queries.side, "_REDIS_POOL_WAIT", 0.05)
+    side.redis_live = True
+    side.cache.put("kept", b"{}", 1, side.redis_generation)
+    while not side._redis_turns.locked():
+        await side._redis_turns.acquire()
+    with pytest.raises(Problem) as refused:
+        await side.detail("song-1", datetime.now(UTC).date())
+    assert refused.value.status == 503 and refused.value.slug == "busy"
+    assert refused.value.headers["Retry-After"] == "1"
+    assert side.redis_usable() and side.cache.get("kept", side.redis_generation, 0) is not None
