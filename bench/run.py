@@ -658,13 +658,17 @@ class Bench:
 
     # --- the whole stack, and the naive design ----------------------------------------------
 
+    def redis_watermark(self) -> tuple[int, int]:
+        """Redis's current generation and its watermark (0: none yet)."""
+        generation = int(self.redis.get(f"{self.prefix}:generation") or 1)  # type: ignore[arg-type]
+        mark = self.redis.hget(f"{{{self.prefix}:g{generation}}}:meta", "watermark")
+        return generation, int(mark or 0)  # type: ignore[arg-type]
+
     def watermarks(self) -> dict[str, int]:
         """Both read models' watermarks, in their current generations."""
         pg = self.q("SELECT generation FROM read_model_generation")
         mark = self.q(f"SELECT watermark FROM rm_g{pg}.checkpoint WHERE projection = 'postgres'")
-        rg = int(self.redis.get(f"{self.prefix}:generation") or 1)  # type: ignore[arg-type]
-        redis_mark = self.redis.hget(f"{{{self.prefix}:g{rg}}}:meta", "watermark")
-        return {"postgres": int(mark or 0), "redis": int(redis_mark or 0)}  # type: ignore[arg-type]
+        return {"postgres": int(mark or 0), "redis": self.redis_watermark()[1]}
 
     def lag_at_end(self, ended: float) -> dict[str, Any]:
         """How far behind the head both projections were when the load ended: the seconds from
@@ -795,9 +799,8 @@ class Bench:
         head = self.head()
         deadline = time.monotonic() + BUDGET.left(60)
         while True:
-            generation = int(self.redis.get(f"{self.prefix}:generation") or 1)  # type: ignore[arg-type]
-            mark = self.redis.hget(f"{{{self.prefix}:g{generation}}}:meta", "watermark")
-            if mark is not None and int(mark) >= head:  # type: ignore[arg-type]
+            generation, mark = self.redis_watermark()
+            if mark >= head:
                 return generation
             if time.monotonic() > deadline:
                 raise BenchError(f"projector stuck at watermark {mark}, head {head}")
@@ -1112,7 +1115,8 @@ def cost_per_vote(results: list[Result]) -> list[str]:
 
 
 def goals(results: list[Result]) -> list[str]:
-    by = {r.key: r for r in results if r.error is None}
+    # A result whose baseline did not run (--only) has no ratio to judge.
+    by = {r.key: r for r in results if r.error is None and (r.ratio is not None or not r.baseline)}
     lines = []
 
     def goal(text: str, key: str, ok: Any, measured: Any) -> None:

@@ -70,7 +70,7 @@ class Lease:
                     self.conninfo, autocommit=True, application_name=f"lease:{self.projection}"
                 )
             except psycopg.OperationalError:
-                await _sleep_or_stop(stop, self.poll * 4)
+                await sleep_or_stop(stop, self.poll * 4)
                 continue
             try:
                 while not stop.is_set():
@@ -82,7 +82,7 @@ class Lease:
                         assert fence is not None
                         self.fence, self._conn = fence[0], conn
                         return True
-                    await _sleep_or_stop(stop, self.poll)
+                    await sleep_or_stop(stop, self.poll)
             except psycopg.OperationalError:
                 pass
             await conn.close()
@@ -103,6 +103,7 @@ class Lease:
             self._conn = None
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep for `seconds`, or until `stop` is set."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)

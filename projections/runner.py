@@ -27,7 +27,7 @@ from events.store import Batch, Checkpoint, Undecodable
 from infra import metrics as m
 from infra.settings import Settings
 from projections.health import Reporter
-from projections.lease import Lease, LeaseLost
+from projections.lease import Lease, LeaseLost, sleep_or_stop
 from projections.readmodel import Broken, Fenced, ReadModelStore, State, step_for
 from projections.shared import Read, SharedReads
 from projections.stores import NAMES, connect, open_store
@@ -204,8 +204,7 @@ class ProjectionRunner:
             position = batch.events[0].position if batch and batch.events else state.watermark
             reason = f"the {self.name} store refused it: {exc}"
         await self.health.stalled(reader, position, reason)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), self.stall_retry)
+        await sleep_or_stop(self.stop, self.stall_retry)
         await lease.check()
         return not self.stop.is_set()
 
@@ -263,8 +262,7 @@ class ProjectionRunner:
         started (NOTIFYs meanwhile wait in the listener's connection)."""
         left = started + self.settings.batch_interval - time.monotonic()
         if left > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), left)
+            await sleep_or_stop(self.stop, left)
 
     async def _wait(self, listener: psycopg.AsyncConnection, seconds: float) -> None:
         """Sleep until a NOTIFY (only a wake-up: the loop reads from its checkpoint anyway)."""
@@ -282,8 +280,7 @@ async def maintain_partitions(settings: Settings, stop: asyncio.Event) -> None:
                 await partitions.ensure_ahead(conn, 2)
         except psycopg.Error as exc:
             log.warning("partition maintenance failed: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), _PARTITION_EVERY)
+        await sleep_or_stop(stop, _PARTITION_EVERY)
 
 
 async def run_worker(

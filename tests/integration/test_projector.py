@@ -35,6 +35,7 @@ from tests.integration.projection_support import (
     wait_caught_up,
     worker_process,
 )
+from tests.integration.stall_support import eventually
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -147,17 +148,6 @@ async def _lease_holders(settings: Settings) -> dict[str, tuple[int, str]]:
     return {name: (fence, holder) for name, fence, holder in rows}
 
 
-async def _wait_for(predicate, within: float = 15.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 async def test_failover(isolated: Settings) -> None:
     """Two workers; the active one is killed under load; the standby takes over within seconds
     and the read models still equal the ledger."""
@@ -170,7 +160,7 @@ async def test_failover(isolated: Settings) -> None:
                 holders = await _lease_holders(isolated)
                 return holders if len(holders) == 2 else None
 
-            before = await _wait_for(both_held)
+            before = await eventually(both_held, within=15)
             await asyncio.sleep(1.5)
             by_pid = {first.pid: first, second.pid: second}
             active = {int(holder.rsplit(":", 1)[1]) for _, holder in before.values()}
@@ -187,7 +177,7 @@ async def test_failover(isolated: Settings) -> None:
                 now = await _lease_holders(isolated)
                 return all(now[name][0] > before[name][0] for name in before)
 
-            await _wait_for(taken_over, within=10)
+            await eventually(taken_over, within=10)
             takeover = time.monotonic() - killed_at
             assert takeover < 5, f"standby took {takeover:.1f} s"
             assert await load > 100
