@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 ## run: the whole stack on this machine, supervised (throwaway PostgreSQL/Redis unless DATABASE_URL/REDIS_URL reach servers)
 run: $(STAMP)
-	@$(BIN)/python -m devtools.devstack serve \
+	@VOTELEDGER_LOG_FORMAT=$${VOTELEDGER_LOG_FORMAT:-text} $(BIN)/python -m devtools.devstack serve \
 	  --setup "$(BIN)/voteledger migrate" \
 	  --announce "\nvoteledger is up\n  command API  http://$(HOST):$(COMMAND_PORT)  (docs: /docs)\n  query API    http://$(HOST):$(QUERY_PORT)  (docs: /docs)\n  projector metrics  http://127.0.0.1:$(METRICS_PORT)/metrics (standby: $(STANDBY_METRICS_PORT))\n  operator token  {VOTELEDGER_OPERATOR_TOKEN}\n  database  {DATABASE_URL}\n  redis     {REDIS_URL}\nA process that exits is restarted; Ctrl-C stops everything.\n" \
 	  -- "$(BIN)/python -m infra.serve commands --host $(HOST) --port $(COMMAND_PORT)" \

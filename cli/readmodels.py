@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import signal
 import threading
 import time
@@ -30,6 +29,7 @@ from cli.common import (
 )
 from cli.progress import Phases
 from events.store import Checkpoint, Undecodable, configure_reader
+from infra import errors, logs
 from infra.settings import Settings
 from projections import verify
 from projections.health import HEALTH
@@ -50,7 +50,8 @@ def project_command(projection: ProjectionArgs = None, metrics_port: MetricsPort
     config = settings()
     tune_gc_for_bulk_work()
     chosen = projections(projection)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.configure(config.log_format)
+    errors.init(config, "projector")
     port = config.metrics_port if metrics_port is None else metrics_port
     if port:
         serve_metrics(config.metrics_addr, port)

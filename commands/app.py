@@ -13,7 +13,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
@@ -22,9 +21,10 @@ from commands.known import Known
 from commands.ratelimit import RateLimiter
 from commands.record import purge_idempotency_keys
 from commands.vote import VOTE_PATH, VoteEndpoint, Voting
-from infra import heap, problems
+from infra import errors, heap, problems, redis_client
 from infra.db import pool_for
 from infra.http import NO_TELEMETRY, EdgeMiddleware
+from infra.metrics import IDEMPOTENCY_KEYS
 from infra.settings import Settings, get_settings
 
 log = logging.getLogger("voteledger.commands")
@@ -43,6 +43,7 @@ class CommandAPI(FastAPI):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    errors.init(settings, "command-api")
     app = CommandAPI(
         title="voteledger command API",
         version="1.0.0",
@@ -68,7 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_credentials=False,
         )
     # Added last, so outermost: its size and media-type guards and metrics cover votes too.
-    app.add_middleware(EdgeMiddleware, name="command", max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        EdgeMiddleware,
+        name="command",
+        max_body_bytes=settings.max_body_bytes,
+        access_log=settings.access_log,
+    )
     return app
 
 
@@ -77,9 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     pool = pool_for(settings, "command")
     await pool.open()
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
-    )
+    client = redis_client.connect(settings, socket_timeout=0.25, socket_connect_timeout=0.25)
     app.state.pool = pool
     app.state.limiter = RateLimiter(
         client, settings.redis_prefix, settings.rate_limit_per_second, settings.rate_limit_burst
@@ -103,7 +107,8 @@ async def _purge_keys_forever(pool: Any, ttl_seconds: int) -> None:
     """Expired idempotency keys are deleted periodically; a failure only delays the next try."""
     while True:
         try:
-            purged = await purge_idempotency_keys(pool, ttl_seconds)
+            purged, left = await purge_idempotency_keys(pool, ttl_seconds)
+            IDEMPOTENCY_KEYS.set(left)
             if purged:
                 log.info("purged %d expired idempotency keys", purged)
         except Exception:

@@ -34,6 +34,8 @@ class Reply:
     status: int
     body: bytes
     replayed: bool = False
+    # For log lines only (a replay from storage does not know it): not part of the answer.
+    position: int | None = field(default=None, compare=False)
 
 
 class KeyReuseMismatch(Exception):
@@ -218,4 +220,4 @@ def _replayed(command: CastVote, stored: Stored) -> Outcome:
 
 def _reply(command: CastVote, previous: Direction, changed: bool, position: int | None) -> Reply:
     body = VoteOut(position, command.item_id, command.direction, previous, changed)
-    return Reply(201 if changed else 200, msgspec.json.encode(body))
+    return Reply(201 if changed else 200, msgspec.json.encode(body), position=position)

@@ -100,6 +100,11 @@ DELETE FROM idempotency_keys AS k USING jsonb_to_recordset(%s::jsonb) AS t(a uui
 WHERE k.agent_id = t.a AND k.key = t.k
 """
 _PURGE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => %s)"
+# The statistics' live-row count: an estimate, kept current without a scan of the table.
+_COUNT_KEYS = """
+SELECT coalesce(sum(n_live_tup), 0)::bigint FROM pg_stat_user_tables
+WHERE relid = 'idempotency_keys'::regclass
+"""
 
 _encoder = msgspec.json.Encoder()
 
@@ -194,11 +199,12 @@ async def _write(conn: psycopg.AsyncConnection, answer: Answer) -> None:
         await conn.execute(_STORE_RESPONSES, _rows("aksr", answer.stored))
 
 
-async def purge_idempotency_keys(pool: AsyncConnectionPool, ttl_seconds: int) -> int:
-    """Delete idempotency keys older than the TTL; returns how many."""
+async def purge_idempotency_keys(pool: AsyncConnectionPool, ttl_seconds: int) -> tuple[int, int]:
+    """Delete idempotency keys older than the TTL; returns how many, and about how many are left."""
     async with pool.connection() as conn:
-        cur = await conn.execute(_PURGE_KEYS, (ttl_seconds,))
-        return cur.rowcount
+        purged = (await conn.execute(_PURGE_KEYS, (ttl_seconds,))).rowcount
+        row = await (await conn.execute(_COUNT_KEYS)).fetchone()
+        return purged, row[0] if row else 0
 
 
 def copy_slots(conn: psycopg.Connection, slots: Iterable[tuple[uuid.UUID, str, Slot]]) -> None:

@@ -23,6 +23,7 @@ from commands.decide import CastVote, ItemTypeMismatch, UnknownItem
 from commands.known import Known
 from commands.plan import KeyReuseMismatch, Revoked, VoteRequest
 from commands.ratelimit import RateLimiter
+from infra import logs
 from infra.metrics import RATE_LIMITED
 from infra.problems import Problem, response_for
 
@@ -70,6 +71,7 @@ class Voting:
     ) -> tuple[int, dict[str, str], bytes]:
         """Status, headers and JSON body of a vote request; raises Problem for a refusal."""
         agent_id = await self.agent(authorization)
+        logs.note(agent_id=str(agent_id))
         try:
             key = models.idempotency_key(idempotency_key)
             vote = models.decode_vote(body)
@@ -90,6 +92,7 @@ class Voting:
             raise _refusal(outcome, vote.item_id)
         if outcome.replayed:
             headers["Idempotent-Replayed"] = "true"
+        logs.note(position=outcome.position)
         return outcome.status, headers, outcome.body
 
 

@@ -60,16 +60,26 @@ ORDER BY c.relname
 
 _ARCHIVE = "SELECT archive_event_partitions(%s)"
 
+# The upper bound of the newest month partition (the DEFAULT partition has none).
+_READY_UNTIL = r"""
+SELECT max((regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                         'TO \(''([^'']+)''\)'))[1]::timestamptz)
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'public.events'::regclass
+"""
+
 
 def ensure(conn: psycopg.Connection, since: str | None, months_ahead: int) -> list[str]:
     """Create the month partitions from `since` (default: this month) to `months_ahead` ahead."""
     return ensure_partitions(conn, since, months_ahead)
 
 
-async def ensure_ahead(conn: psycopg.AsyncConnection, months_ahead: int) -> None:
+async def ensure_ahead(conn: psycopg.AsyncConnection, months_ahead: int) -> datetime:
     """Create the month partitions from this month to `months_ahead` ahead (as any role: the
-    function runs as the schema owner)."""
+    function runs as the schema owner); returns until when events can now be recorded."""
     await conn.execute("SELECT ensure_event_partitions(now(), %s)", (months_ahead,))
+    row = await (await conn.execute(_READY_UNTIL)).fetchone()
+    return row[0] if row and row[0] else datetime.fromtimestamp(0, UTC)
 
 
 def list_partitions(conn: psycopg.Connection) -> list[Partition]:

@@ -6,6 +6,9 @@ Pure ASGI rather than BaseHTTPMiddleware: it adds no task or copy per request on
 
 from __future__ import annotations
 
+import logging
+import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +18,7 @@ from fastapi import HTTPException
 from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from infra import logs
 from infra.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from infra.problems import problem_response
 
@@ -22,6 +26,9 @@ _BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
 # nginx's "client closed request": the client went away before any answer, so no server error.
 CLIENT_CLOSED = 499
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+# A client's X-Request-ID is kept when it is a plain token (it goes into logs and back out).
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+access_log = logging.getLogger("voteledger.access")
 
 # Metrics go to Prometheus (infra/metrics.py). FastAPI's OpenTelemetry support would otherwise
 # look for a configured provider on every request.
@@ -29,10 +36,13 @@ NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fal
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, *, name: str, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, name: str, max_body_bytes: int, access_log: bool = False
+    ) -> None:
         self.app = app
         self.name = name
         self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
         # Bounded: routes and statuses are the app's, methods a fixed few, unmatched paths one.
         self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -45,13 +55,17 @@ class EdgeMiddleware:
         # Clients choose the method: any other than these shares one label, so series stay few.
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
         gone = False
+        request_id = _request_id(scope["headers"])
+        logs.begin_request(request_id.decode())
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id)]
                 if 300 <= status < 400:
-                    message = {**message, "headers": _relative_location(message["headers"])}
+                    headers = _relative_location(headers)
+                message = {**message, "headers": headers}
             await send(message)
 
         def watched(message: Message) -> Message:
@@ -72,7 +86,10 @@ class EdgeMiddleware:
             route = getattr(scope.get("route"), "path", "unmatched")
             count, latency = self._series(route, method, status)
             count.inc()
-            latency.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            latency.observe(elapsed)
+            if self.access_log:
+                _log(scope, route, status, elapsed)
 
     def _series(self, route: str, method: str, status: int) -> tuple[Any, Any]:
         """The labelled metrics of one kind of request, looked up once (labels() is not free)."""
@@ -123,6 +140,25 @@ class EdgeMiddleware:
             return message
 
         return wrapped
+
+
+def _log(scope: Scope, route: str, status: int, elapsed: float) -> None:
+    """One access line; the request's fields (request_id, agent_id, ...) come with it."""
+    access_log.info(
+        "%s %s %d",
+        scope["method"],
+        scope["path"],
+        status,
+        extra={"route": route, "status": status, "duration_ms": round(elapsed * 1000, 3)},
+    )
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's X-Request-ID when it is a plain token, a new random one otherwise."""
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return value
+    return secrets.token_hex(8).encode()
 
 
 def _relative_location(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

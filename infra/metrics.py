@@ -1,8 +1,27 @@
-"""Prometheus metrics shared by the processes, and the /metrics response."""
+"""Prometheus metrics shared by the processes, and the /metrics response.
+
+An API server with several worker processes (VOTELEDGER_WORKERS) runs in prometheus-client's
+multiprocess mode: infra.serve points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the
+workers start, each worker writes its samples there, and /metrics, whichever worker answers it,
+merges them all. Counters of a worker that died still count (totals never go back); the live
+gauges of a dead worker are dropped at the next scrape.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.responses import Response
 
 HTTP_REQUESTS = Counter(
@@ -33,11 +52,57 @@ RATE_LIMIT_FALLBACK = Counter(
 RATE_LIMIT_REDIS_UP = Gauge(
     "voteledger_rate_limit_redis_up",
     "1 while the rate limiter reaches Redis, 0 while it falls back",
+    multiprocess_mode="livemin",  # one worker falling back is enough to show
+)
+IDEMPOTENCY_KEYS = Gauge(
+    "voteledger_idempotency_keys",
+    "Rows in the idempotency-key table (PostgreSQL's estimate, refreshed by the purge loop)",
+    multiprocess_mode="livemax",
+)
+QUERY_READS = Counter(
+    "voteledger_query_reads_total",
+    "Reads answered, by the read model that answered (postgres: the fallback)",
+    ["source"],
+)
+STREAM_CLIENTS = Gauge(
+    "voteledger_stream_clients", "Open live-stream connections", multiprocess_mode="livesum"
 )
 
 
 def metrics_response() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def exposition() -> bytes:
+    """This process's metrics, or every worker's in multiprocess mode."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return generate_latest()
+    _forget_dead_workers(Path(directory))
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+_LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def _forget_dead_workers(directory: Path) -> None:
+    """Drop the live gauges of workers that are gone (uvicorn restarts a worker that dies)."""
+    for path in directory.glob("gauge_live*.db"):
+        match = _LIVE_FILE.fullmatch(path.name)
+        if match and not _alive(int(match[1])):
+            multiprocess.mark_process_dead(int(match[1]), str(directory))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 PROJECTION_APPLIED = Counter(
@@ -70,6 +135,20 @@ PROJECTION_HELD_BACK_SECONDS = Gauge(
 )
 PROJECTION_WATERMARK = Gauge(
     "voteledger_projection_watermark", "Every position up to this one is applied", ["projection"]
+)
+PROJECTION_LEASE_ACQUIRED = Counter(
+    "voteledger_projection_lease_acquired_total",
+    "Times this worker took the projection's lease (many across workers: flapping)",
+    ["projection"],
+)
+PROJECTION_HEAD = Gauge(
+    "voteledger_projection_head_position",
+    "The newest ledger position this worker has seen drawn",
+    ["projection"],
+)
+PARTITIONS_READY_UNTIL = Gauge(
+    "voteledger_event_partitions_ready_until_timestamp_seconds",
+    "Events can be recorded until this time: the upper bound of the newest event partition",
 )
 PROJECTION_LEASE_HELD = Gauge(
     "voteledger_projection_lease_held",

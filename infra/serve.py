@@ -9,6 +9,10 @@ VOTELEDGER_HEADER_TIMEOUT_SECONDS of its first byte (or of the connection), or w
 complete within VOTELEDGER_BODY_TIMEOUT_SECONDS of its head. Connections per process are bounded
 by VOTELEDGER_MAX_CONNECTIONS (uvicorn's limit_concurrency: 503 past it).
 
+With VOTELEDGER_WORKERS (or --workers) above 1, uvicorn's supervisor runs that many worker
+processes on one listening socket and restarts any that dies; their metrics are merged
+(infra/metrics.py). Logs are JSON or text by VOTELEDGER_LOG_FORMAT (infra/logs.py).
+
 Running uvicorn's own command line instead, pass `--http infra.serve:GuardedProtocol
 --limit-concurrency N`: the protocol then reads its timeouts from the settings.
 """
@@ -17,11 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors import Multiprocess
 
+from infra import logs
 from infra.settings import Settings, get_settings
 
 # Named, not imported: infra imports nothing above it (the apps are loaded by uvicorn).
@@ -100,12 +111,16 @@ def config(
 ) -> uvicorn.Config:
     """uvicorn's configuration of one API with the settings' limits."""
     default_port = settings.command_port if api == "commands" else settings.query_port
+    workers = options.pop("workers", 1)
     return uvicorn.Config(
         APPS[api],
         factory=True,
         host=host,
         port=port or default_port,
-        http=guarded(settings),
+        # Worker processes are spawned: they get the protocol by name and read the same settings.
+        http=GuardedProtocol if workers > 1 else guarded(settings),
+        workers=workers,
+        log_config=logs.config(settings.log_format, options.get("log_level", "info")),
         limit_concurrency=settings.max_connections,
         # Live streams never end by themselves: without a bound, a stopping server would wait
         # for its stream clients for ever. In-flight vote batches finish well within it.
@@ -120,10 +135,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, help="default: VOTELEDGER_{COMMAND,QUERY}_PORT")
     parser.add_argument("--log-level", default="info")
-    parser.add_argument("--access-log", action="store_true", help="off by default")
+    parser.add_argument(
+        "--access-log", action="store_true", help="uvicorn's access log (off by default)"
+    )
+    parser.add_argument("--workers", type=int, help="default: VOTELEDGER_WORKERS (1)")
     args = parser.parse_args(argv)
-    options = {"log_level": args.log_level, "access_log": args.access_log}
-    uvicorn.Server(config(args.api, get_settings(), args.host, args.port, **options)).run()
+    settings = get_settings()
+    workers = args.workers or settings.workers
+    options = {"log_level": args.log_level, "access_log": args.access_log, "workers": workers}
+    served = config(args.api, settings, args.host, args.port, **options)
+    if workers == 1:
+        uvicorn.Server(served).run()
+        return
+    with _merged_metrics():
+        Multiprocess(served, sockets=[served.bind_socket()]).run()
+
+
+@contextlib.contextmanager
+def _merged_metrics() -> Iterator[None]:
+    """A fresh directory for the workers' metric files (stale files would add to the totals),
+    removed at exit; PROMETHEUS_MULTIPROC_DIR, when given, names its parent."""
+    parent = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+    directory = tempfile.mkdtemp(prefix="voteledger-metrics-", dir=parent)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":

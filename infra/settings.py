@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -83,6 +83,17 @@ class Settings:
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
     max_connections: int = 2000
+    # Worker processes per API server (uvicorn's workers; metrics are merged across them).
+    workers: int = 1
+    log_format: Literal["auto", "json", "text"] = "auto"
+    access_log: bool = False
+    sentry_dsn: str = ""
+    sentry_environment: str = ""
+    sentry_traces_sample_rate: float = 0.0
+    # Redis through Sentinel: host:port of each sentinel and the monitored primary's name.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "voteledger"
+    redis_sentinel_password: str = ""
 
     @property
     def development(self) -> bool:
@@ -144,7 +155,53 @@ class Settings:
             header_timeout_seconds=_float(env, "VOTELEDGER_HEADER_TIMEOUT_SECONDS", 10.0, 0.1),
             body_timeout_seconds=_float(env, "VOTELEDGER_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
             max_connections=_int(env, "VOTELEDGER_MAX_CONNECTIONS", 2000, 1),
+            **_operations(env, mode),
         )
+
+
+def _operations(env: dict[str, str], mode: str) -> dict[str, Any]:
+    """How the processes run and report: workers, logs, error tracking, Redis Sentinel."""
+    return {
+        "workers": _int(env, "VOTELEDGER_WORKERS", 1, 1),
+        "log_format": _choice(env, "VOTELEDGER_LOG_FORMAT", ("auto", "json", "text")),
+        "access_log": _flag(env, "VOTELEDGER_ACCESS_LOG"),
+        "sentry_dsn": env.get("SENTRY_DSN", ""),
+        "sentry_environment": env.get("SENTRY_ENVIRONMENT", "") or mode,
+        "sentry_traces_sample_rate": _float(env, "SENTRY_TRACES_SAMPLE_RATE", 0.0, 0.0),
+        "redis_sentinels": _sentinels(env, "VOTELEDGER_REDIS_SENTINELS"),
+        "redis_sentinel_master": env.get("VOTELEDGER_REDIS_SENTINEL_MASTER", "") or "voteledger",
+        "redis_sentinel_password": env.get("VOTELEDGER_REDIS_SENTINEL_PASSWORD", ""),
+    }
+
+
+def _choice(env: dict[str, str], name: str, allowed: tuple[Any, ...]) -> Any:
+    """One of `allowed` (the first is the default)."""
+    raw = env.get(name, "").strip().lower() or allowed[0]
+    if raw not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _sentinels(env: dict[str, str], name: str) -> tuple[tuple[str, int], ...]:
+    """host:port,host:port (IPv6 hosts in brackets)."""
+    found = []
+    for entry in (e.strip() for e in env.get(name, "").split(",")):
+        if not entry:
+            continue
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"{name}: {entry!r} is not host:port")
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)
 
 
 def _origins(env: dict[str, str], name: str, default: str) -> tuple[str, ...]:

@@ -18,6 +18,8 @@ from datetime import datetime
 
 import psycopg
 
+from infra.metrics import PROJECTION_LEASE_ACQUIRED
+
 _TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('voteledger:projection:' || %s))"
 _TAKE_FENCE = """
 INSERT INTO projection_leases AS l (projection, fence, holder, acquired_at)
@@ -81,6 +83,7 @@ class Lease:
                         ).fetchone()
                         assert fence is not None
                         self.fence, self._conn = fence[0], conn
+                        PROJECTION_LEASE_ACQUIRED.labels(self.projection).inc()
                         return True
                     await sleep_or_stop(stop, self.poll)
             except psycopg.OperationalError:

@@ -219,6 +219,7 @@ class ProjectionRunner:
         lag = max(0, batch.allocated - watermark)
         m.PROJECTION_LAG_EVENTS.labels(self.name).set(lag)
         m.PROJECTION_WATERMARK.labels(self.name).set(watermark)
+        m.PROJECTION_HEAD.labels(self.name).set(batch.allocated)
         m.PROJECTION_LAG_SECONDS.labels(self.name).set(pace.lag_seconds(lag))
         return lag
 
@@ -277,7 +278,8 @@ async def maintain_partitions(settings: Settings, stop: asyncio.Event) -> None:
             async with await psycopg.AsyncConnection.connect(
                 settings.url_for("projector"), autocommit=True
             ) as conn:
-                await partitions.ensure_ahead(conn, 2)
+                ready_until = await partitions.ensure_ahead(conn, 2)
+                m.PARTITIONS_READY_UNTIL.set(ready_until.timestamp())
         except psycopg.Error as exc:
             log.warning("partition maintenance failed: %s", exc)
         await sleep_or_stop(stop, _PARTITION_EVERY)

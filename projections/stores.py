@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 
 import psycopg
-import redis.asyncio as aioredis
 
+from infra import redis_client
 from infra.settings import Settings
 from projections import generations
 from projections.postgres_store import PostgresStore
@@ -37,7 +37,7 @@ async def open_store(
         return PostgresStore(await connect(stack, url))
     if name != "redis":
         raise ValueError(f"unknown read-model store {name!r}")
-    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=redis_timeout)
+    client = redis_client.connect(settings, socket_timeout=redis_timeout)
     stack.push_async_callback(client.aclose)
     pointer = await connect(stack, url)
     return RedisStore(

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from infra import heap, problems
+from infra import errors, heap, problems
 from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.settings import Settings, get_settings
 from queries.cache import CachedPages
@@ -42,6 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    errors.init(settings, "query-api")
     side = ReadSide(settings)
     # No slash redirects: Starlette builds them from the request's Host header, so anyone could
     # make this API redirect to a host of their choosing.
@@ -72,7 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_credentials=False,
             max_age=600,
         )
-    app.add_middleware(EdgeMiddleware, name="query", max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        EdgeMiddleware,
+        name="query",
+        max_body_bytes=settings.max_body_bytes,
+        access_log=settings.access_log,
+    )
     problems.install(app)
     app.include_router(router)
     return app

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from infra.metrics import QUERY_READS
+
 _MAX_AGE = 1.0  # trending scores decay with time even when nothing changes
 
 Url = tuple[str, bytes]  # (path, raw query string)
@@ -143,11 +145,15 @@ class CachedPages:
         await self.app(scope, receive, send)
 
 
+_REDIS_READS = QUERY_READS.labels("redis")
+
+
 def _revalidating(scope: Scope) -> bool:
     return any(name == b"if-none-match" for name, _ in scope["headers"])
 
 
 async def _send(send: Send, entry: Cached) -> None:
+    _REDIS_READS.inc()  # a cached page is one Redis read-model answer, served again
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(entry.body)).encode()),

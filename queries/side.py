@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import redis.asyncio as aioredis
 from starlette.responses import Response
 
+from infra import redis_client
 from infra.db import pool_for
+from infra.metrics import QUERY_READS
 from infra.problems import Problem
 from infra.settings import Settings
 from projections import generations
@@ -47,6 +48,7 @@ _HEAD_GRACE = 1.0
 _REDIS_WAIT = 0.5  # a waiter on Redis reads it again at least this often (a notice may be lost)
 _POSTGRES_POLL = 0.1  # how often one task per process reads PostgreSQL's position for waiters
 
+_READS = {source: QUERY_READS.labels(source) for source in ("redis", "postgres")}
 Produced = tuple[str, bytes, int]  # the source that answered, the body, the position it reflects
 Produce = Callable[[], Awaitable[Produced]]
 
@@ -79,18 +81,16 @@ class ReadSide:
         # A bounded pool: requests wait their turn for a connection. Unbounded, a burst of a
         # thousand reads opened a thousand connections, whose connects timed out on a busy
         # machine and sent every read to the slower fallback, which made the machine busier.
-        self.client = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=_REDIS_CONNECTIONS + 4,  # and the follower's refreshes
-                timeout=_REDIS_POOL_WAIT,
-                socket_timeout=0.5,
-                socket_connect_timeout=0.5,
-                client_name=name,
-            )
+        self.client = redis_client.connect(
+            settings,
+            max_connections=_REDIS_CONNECTIONS + 4,  # and the follower's refreshes
+            timeout=_REDIS_POOL_WAIT,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            client_name=name,
         )
-        self.blocking = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=30, socket_connect_timeout=0.5, client_name=name
+        self.blocking = redis_client.connect(
+            settings, socket_timeout=30, socket_connect_timeout=0.5, client_name=name
         )
         half_life = settings.trending_half_life_seconds
         self.redis = RedisReader(self.client, settings.redis_prefix, half_life)
@@ -383,6 +383,7 @@ def _not_yet(position: int, wanted: int) -> Problem:
 
 
 def _response(entry: Cached, source: str, if_none_match: str | None) -> Response:
+    _READS[source].inc()
     headers = {
         "ETag": entry.etag,
         "X-Ledger-Position": str(entry.position),

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from infra.metrics import STREAM_CLIENTS
 from infra.problems import Problem
 from projections.model import decayed
 from projections.redis_store import changes_key, decode_changes
@@ -82,12 +83,14 @@ class StreamHub:
             raise StreamFull(self.max_clients)
         listener = Listener(item_type)
         self.listeners.add(listener)
+        STREAM_CLIENTS.inc()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         try:
             yield listener
         finally:
             self.listeners.discard(listener)
+            STREAM_CLIENTS.dec()
             if not self.listeners and self._task is not None:
                 self._task.cancel()  # no XREAD is left waiting for nobody
 

@@ -214,7 +214,8 @@ async def test_expired_idempotency_keys_are_purged(
         (agent.agent_id,),
     )
     async with pool_for(settings, "command") as pool:
-        assert await purge_idempotency_keys(pool, 86400) >= 1
+        purged, _ = await purge_idempotency_keys(pool, 86400)
+    assert purged >= 1
     left = admin_conn.execute(
         "SELECT key FROM idempotency_keys WHERE agent_id = %s", (agent.agent_id,)
     ).fetchall()
