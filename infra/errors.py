@@ -2,7 +2,7 @@
 
 Events carry the release (voteledger@<version>), the environment (SENTRY_ENVIRONMENT, else
 VOTELEDGER_ENV) and the component (command-api, query-api, projector). Credentials never leave:
-no default PII, and `scrub` removes the headers and values that carry API keys or the operator
+no user details or request bodies, and `scrub` removes the headers and values that carry API keys or the operator
 token before an event is sent. Performance tracing is off unless SENTRY_TRACES_SAMPLE_RATE is set.
 """
 
@@ -39,7 +39,8 @@ def init(settings: Settings, component: str) -> bool:
         dsn=settings.sentry_dsn,
         release=f"voteledger@{_version()}",
         environment=settings.sentry_environment,
-        send_default_pii=False,
+        # No user details, request bodies or cookies; headers and the rest pass `scrub`.
+        data_collection={"user_info": False, "http_bodies": []},
         traces_sample_rate=settings.sentry_traces_sample_rate,
         before_send=scrub,  # type: ignore[arg-type]
         before_send_transaction=scrub,  # type: ignore[arg-type]

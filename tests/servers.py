@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import IO
 
 import httpx
 
@@ -42,9 +43,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def uvicorn_server(factory: str, settings: Settings, **env: str) -> Iterator[str]:
+def uvicorn_server(
+    factory: str,
+    settings: Settings,
+    *,
+    args: Sequence[str] = ("--log-level", "warning"),
+    stderr: IO[bytes] | None = None,
+    **env: str,
+) -> Iterator[str]:
     """Run an API as `python -m infra.serve` (uvicorn with its limits) in a child process, with
-    the settings' environment and `env`; yields its base URL; stops it by PID."""
+    the settings' environment and `env` and `args`; yields its base URL; stops it by PID."""
     port = free_port()
     api = factory.split(".", 1)[0]  # "commands.app:create_app" -> commands
     proc = subprocess.Popen(
@@ -57,10 +65,10 @@ def uvicorn_server(factory: str, settings: Settings, **env: str) -> Iterator[str
             "127.0.0.1",
             "--port",
             str(port),
-            "--log-level",
-            "warning",
+            *args,
         ],
         env=settings_env(settings) | env,
+        stderr=stderr,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,0 +1,206 @@
+"""Running the APIs as operators do: worker processes with merged metrics, JSON logs that name
+requests and agents but never keys, and error reports to Sentry without credentials."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from infra.settings import Settings
+from tests.integration.conftest import command_api, new_agent, new_item
+from tests.servers import uvicorn_server
+
+VOTE_ROUTE = "/api/v1/vote"
+
+
+def _vote_count(url: str) -> float:
+    """voteledger_http_requests_total of 2xx votes, as /metrics reports it."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "voteledger_http_requests_total"
+        and sample.labels.get("route") == VOTE_ROUTE
+        and sample.labels.get("status", "").startswith("2")
+    )
+
+
+async def _cast(url: str, n: int, item_type: str = "song") -> None:
+    """n votes by one agent on n new items, each on a new connection (so every worker gets some)."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        agent = await new_agent(client)
+        items = [await new_item(client, item_type) for _ in range(n)]
+    for item in items:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as fresh:
+            response = await fresh.post(
+                VOTE_ROUTE, json={"item_id": item, "vote": "up"}, headers=agent.headers
+            )
+            assert response.status_code == 201, response.text
+
+
+def _worker_pids(metrics_parent: Path) -> set[int]:
+    """The worker processes that wrote metric files (counter_<pid>.db)."""
+    return {
+        int(path.stem.rsplit("_", 1)[1])
+        for path in metrics_parent.glob("voteledger-metrics-*/counter_*.db")
+    }
+
+
+async def test_worker_processes_share_one_socket_and_their_metrics_add_up(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with uvicorn_server(
+        "commands.app:create_app",
+        settings,
+        args=("--workers", "2", "--log-level", "warning"),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path),
+    ) as url:
+        before = _vote_count(url)
+        await _cast(url, 24)
+        assert len(_worker_pids(tmp_path)) == 2, "both workers should have answered requests"
+        # Whichever worker answers the scrape, it reports every worker's requests.
+        assert {_vote_count(url) - before for _ in range(6)} == {24}
+
+        # A worker that dies is replaced, and what it counted still counts.
+        victim = min(_worker_pids(tmp_path))
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while len(_worker_pids(tmp_path) - {victim}) < 2 and time.monotonic() < deadline:
+            await _cast(url, 2)
+        assert len(_worker_pids(tmp_path) - {victim}) == 2, "the dead worker was not replaced"
+        served = _vote_count(url) - before
+        await _cast(url, 3)
+        assert _vote_count(url) - before == served + 3
+    assert not list(tmp_path.glob("voteledger-metrics-*")), "metric files left behind"
+
+
+async def test_json_access_log_names_request_agent_and_position_never_the_key(
+    settings: Settings, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "command.log"
+    with (
+        log_path.open("wb") as log,
+        uvicorn_server(
+            "commands.app:create_app",
+            settings,
+            args=("--log-level", "info"),
+            stderr=log,
+            VOTELEDGER_LOG_FORMAT="json",
+            VOTELEDGER_ACCESS_LOG="true",
+        ) as url,
+    ):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            agent = await new_agent(client)
+            item = await new_item(client)
+            response = await client.post(
+                VOTE_ROUTE,
+                json={"item_id": item, "vote": "up"},
+                headers={**agent.headers, "X-Request-ID": "req-42.a"},
+            )
+            assert response.status_code == 201
+            assert response.headers["x-request-id"] == "req-42.a"
+            position = response.json()["position"]
+            unnamed = await client.get("/healthz", headers={"X-Request-ID": "not a token!"})
+            generated = unnamed.headers["x-request-id"]
+            assert generated != "not a token!" and len(generated) == 16
+    text = log_path.read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert lines and len(lines) == len(text.splitlines()), "every line is one JSON object"
+    (vote,) = [line for line in lines if line.get("request_id") == "req-42.a"]
+    assert vote["logger"] == "voteledger.access"
+    assert vote["route"] == VOTE_ROUTE and vote["status"] == 201
+    assert vote["agent_id"] == agent.agent_id and vote["position"] == position
+    assert vote["duration_ms"] > 0 and vote["ts"].endswith("Z")
+    assert any(line.get("request_id") == generated for line in lines)
+    assert agent.api_key not in text
+
+
+class _Sentry(BaseHTTPRequestHandler):
+    """A stand-in for Sentry's ingest endpoint on loopback: keeps every envelope it receives."""
+
+    received: list[bytes]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        self.received.append(body)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def sentry_ingest() -> Iterator[tuple[str, list[bytes]]]:
+    received: list[bytes] = []
+    handler = type("Handler", (_Sentry,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://public@127.0.0.1:{server.server_address[1]}/1", received
+    finally:
+        server.shutdown()
+        server.server_close()
+        import sentry_sdk
+
+        sentry_sdk.get_client().close()
+        sentry_sdk.get_global_scope().set_client(None)
+
+
+async def test_errors_reach_sentry_with_tags_and_without_credentials(
+    settings: Settings, sentry_ingest: tuple[str, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sentry_sdk
+
+    from commands import vote
+
+    dsn, received = sentry_ingest
+    reporting = Settings.from_env(
+        {**_env_of(settings), "SENTRY_DSN": dsn, "SENTRY_ENVIRONMENT": "staging"}
+    )
+    async with command_api(reporting) as client:
+        agent = await new_agent(client)
+
+        async def broken(pool: object, key: str, known: object) -> None:
+            raise RuntimeError(f"lookup failed for {key}")  # a fault that carries the key
+
+        monkeypatch.setattr(vote.agents, "agent_for_key", broken)
+        response = await client.post(
+            VOTE_ROUTE, json={"item_id": "song-x", "vote": "up"}, headers=agent.headers
+        )
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/problem+json"
+        sentry_sdk.flush(timeout=5)
+    envelopes = b"\n".join(received).decode()
+    assert "lookup failed for" in envelopes, "the error was not reported"
+    assert agent.api_key not in envelopes and "[Filtered]" in envelopes
+    events = [
+        json.loads(line)
+        for line in envelopes.splitlines()
+        if line.startswith("{") and '"exception"' in line
+    ]
+    assert events, envelopes[:2000]
+    event = events[0]
+    assert event["release"].startswith("voteledger@")
+    assert event["environment"] == "staging"
+    assert event["tags"]["component"] == "command-api"
+
+
+def _env_of(settings: Settings) -> dict[str, str]:
+    from tests.servers import settings_env
+
+    return {k: v for k, v in settings_env(settings).items() if not k.startswith("SENTRY_")}
