@@ -83,7 +83,7 @@ async def test_worker_processes_share_one_socket_and_their_metrics_add_up(
         served = _vote_count(url) - before
         await _cast(url, 3)
         assert _vote_count(url) - before == served + 3
-    assert not list(tmp_path.glob("voteledger-metrics-*")), "metric files left behind"
+    assert not _worker_pids(tmp_path), "metric files left behind"
 
 
 async def test_json_access_log_names_request_agent_and_position_never_the_key(
