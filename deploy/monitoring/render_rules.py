@@ -25,6 +25,7 @@ apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
 metadata:
   name: voteledger
+  namespace: voteledger
   labels:
     app.kubernetes.io/name: voteledger
     app.kubernetes.io/component: monitoring

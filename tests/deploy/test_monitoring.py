@@ -279,31 +279,77 @@ def test_the_scrape_objects_and_rule_match_the_operator_schemas() -> None:
         assert _unknown_fields(doc, schema) == [], doc["kind"]
 
 
-def test_the_component_renders(tmp_path: Path) -> None:
-    """`kubectl kustomize` accepts the component in a kustomization of the voteledger
-    namespace, and yields the scrape objects, the rule and the dashboard ConfigMap."""
+def _kustomize(directory: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl", path=str(ROOT / ".venv/bin")) or shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
+    shown = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    return [doc for doc in yaml.safe_load_all(shown.stdout) if doc]
+
+
+def test_the_component_renders(tmp_path: Path) -> None:
+    """`kubectl kustomize` accepts the component in a kustomization that sets no namespace (as
+    the overlays), and yields the scrape objects, the rule and the dashboard ConfigMap, all in
+    the voteledger namespace."""
     component = os.path.relpath(COMPONENT, tmp_path)
     (tmp_path / "kustomization.yaml").write_text(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"namespace: voteledger\ncomponents:\n  - {component}\n"
+        f"components:\n  - {component}\n"
     )
-    shown = subprocess.run(
-        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60
-    )
-    assert shown.returncode == 0, shown.stderr
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(shown.stdout)}
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _kustomize(tmp_path)}
     assert set(docs) == {
         ("ConfigMap", "voteledger-dashboard"),
         ("PodMonitor", "voteledger-projector"),
         ("PrometheusRule", "voteledger"),
         ("ServiceMonitor", "voteledger-apis"),
     }
-    assert all(d["metadata"]["namespace"] == "voteledger" for d in docs.values())
+    assert all(d["metadata"].get("namespace") == "voteledger" for d in docs.values())
     board = docs["ConfigMap", "voteledger-dashboard"]["data"]["voteledger.json"]
     assert json.loads(board) == json.loads(DASHBOARD.read_text())
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    return all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", []))
+
+
+@pytest.mark.parametrize("overlay", ["dev", "production"])
+def test_each_overlay_scrapes_both_apis_and_every_projector_pod(overlay: str) -> None:
+    """In each overlay, the ServiceMonitor selects exactly the two API Services, on a port they
+    name `http`, and the PodMonitor the projector's pods, on a container port named `metrics`."""
+    directory = ROOT / "deploy/k8s/overlays" / overlay
+    if not (directory / "kustomization.yaml").is_file():
+        pytest.skip(f"no overlay {overlay}")
+    docs = _kustomize(directory)
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        kinds.setdefault(doc["kind"], []).append(doc)
+    (services_monitor,) = kinds["ServiceMonitor"]
+    (pods_monitor,) = kinds["PodMonitor"]
+    selected = [
+        s
+        for s in kinds["Service"]
+        if _selects(services_monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+    ]
+    assert sorted(s["metadata"]["name"] for s in selected) == ["command-api", "query-api"]
+    for service in selected:  # a monitor selects in its own namespace
+        assert "http" in [port.get("name") for port in service["spec"]["ports"]]
+        assert service["metadata"]["namespace"] == services_monitor["metadata"]["namespace"]
+    workloads = [
+        d
+        for d in kinds["Deployment"] + kinds.get("StatefulSet", [])
+        if _selects(pods_monitor["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])
+    ]
+    assert [d["metadata"]["name"] for d in workloads] == ["projector"]
+    for workload in workloads:
+        assert workload["metadata"]["namespace"] == pods_monitor["metadata"]["namespace"]
+        containers = workload["spec"]["template"]["spec"]["containers"]
+        ports = [p.get("name") for c in containers for p in c.get("ports", [])]
+        assert "metrics" in ports
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, Path]:
