@@ -76,7 +76,7 @@ async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, list[dict[str
     return samples
 
 
-def _value(samples: dict[str, list[dict[str, str]]], name: str) -> set[str]:
+def _projections(samples: dict[str, list[dict[str, str]]], name: str) -> set[str]:
     """The projections a sample name has series for."""
     return {labels.get("projection", "") for labels in samples.get(name, [])}
 
@@ -106,7 +106,7 @@ async def _stall(client: httpx.AsyncClient, url: str, settings: Settings, item_i
 
     async def stalled() -> bool:
         samples = await scrape(client, url)
-        return _value(samples, "voteledger_projection_stalled") == set(PROJECTIONS)
+        return _projections(samples, "voteledger_projection_stalled") == set(PROJECTIONS)
 
     await eventually(stalled, within=60)
 
@@ -166,4 +166,4 @@ def test_the_projector_reports_each_projection(exported: Scraped) -> None:
         "voteledger_projection_lag_seconds",
         "voteledger_projection_progress_timestamp_seconds",
     ):
-        assert _value(samples, name) == set(PROJECTIONS), name
+        assert _projections(samples, name) == set(PROJECTIONS), name
