@@ -80,7 +80,7 @@ def test_every_object_validates(
     objects: tuple[Obj, ...], schema_problems: Callable[[Obj], list[str]]
 ) -> None:
     """Built-in kinds against Kubernetes' schemas, custom resources against the vendored
-    CRDs; a kind with neither is an error."""
+    CRDs; a kind with neither is an error. All of them in the namespace voteledger."""
     assert {_name(o) for o in objects} >= {
         "Deployment/command-api",
         "Deployment/query-api",
@@ -90,6 +90,8 @@ def test_every_object_validates(
     }
     problems = [f"{_name(o)} {p}" for o in objects for p in schema_problems(o)]
     assert problems == []
+    spaces = {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"}
+    assert spaces == {"voteledger"}
 
 
 # --- the code's side --------------------------------------------------------------------------
@@ -107,12 +109,6 @@ def code_env_names() -> frozenset[str]:
     # infra/settings.py builds these three with an f-string.
     names |= {f"VOTELEDGER_{role.upper()}_DATABASE_URL" for role in typing.get_args(Role)}
     return frozenset(names)
-
-
-def _defaults() -> Settings:
-    return Settings.from_env(
-        {"DATABASE_URL": "postgresql://db/voteledger", "VOTELEDGER_ENV": "test"}
-    )
 
 
 def _environment(objects: tuple[Obj, ...], container: Obj) -> tuple[dict[str, str], list[str]]:
@@ -183,7 +179,7 @@ def _port(container: Obj, name: str) -> int:
 def test_commands_are_the_ones_the_code_runs(objects: tuple[Obj, ...]) -> None:
     """`python -m infra.serve commands|queries` on the Settings' port, `voteledger project`
     with its metrics port, `voteledger migrate`: as the Makefile's `run` starts them."""
-    defaults = _defaults()
+    defaults = Settings.from_env({"DATABASE_URL": "postgresql://db/v", "VOTELEDGER_ENV": "test"})
     api_ports = {"commands": defaults.command_port, "queries": defaults.query_port}
     cli = typing.cast(Any, typer.main.get_command(cli_app))
     for obj, _, container in _containers(objects):
