@@ -283,7 +283,9 @@ def test_every_secret_used_is_created_in_the_docs(objects: tuple[Obj, ...]) -> N
         for var in container.get("env", []):
             ref = var.get("valueFrom", {}).get("secretKeyRef")
             if ref and ref["name"] not in OPERATOR_SECRETS:
-                command = re.search(rf"create secret generic {ref['name']}\b[^`]*", docs)
+                # The command, up to the blank line or the code block's end after it.
+                pattern = rf"create secret generic {ref['name']}\b(?:(?!\n\n)[^`])*"
+                command = re.search(pattern, docs)
                 if not command or f"--from-literal={ref['key']}=" not in command[0]:
                     missing.add(f"{ref['name']}/{ref['key']}")
     assert sorted(missing) == []
