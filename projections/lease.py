@@ -20,7 +20,10 @@ import psycopg
 
 from infra.metrics import PROJECTION_LEASE_ACQUIRED
 
-_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('voteledger:projection:' || %s))"
+# A standby waits in the lock queue, so it holds the lease the moment the active worker's session
+# ends (a stopping worker closes it at once), in waits of `poll` seconds between which it checks
+# whether it is asked to stop itself.
+_WAIT_FOR_LOCK = "SELECT pg_advisory_lock(hashtext('voteledger:projection:' || %s))"
 _TAKE_FENCE = """
 INSERT INTO projection_leases AS l (projection, fence, holder, acquired_at)
 VALUES (%s, 1, %s, now())
@@ -75,20 +78,29 @@ class Lease:
                 await sleep_or_stop(stop, self.poll * 4)
                 continue
             try:
-                while not stop.is_set():
-                    row = await (await conn.execute(_TRY_LOCK, (self.projection,))).fetchone()
-                    if row and row[0]:
-                        fence = await (
-                            await conn.execute(_TAKE_FENCE, (self.projection, worker_identity()))
-                        ).fetchone()
-                        assert fence is not None
-                        self.fence, self._conn = fence[0], conn
-                        PROJECTION_LEASE_ACQUIRED.labels(self.projection).inc()
-                        return True
-                    await sleep_or_stop(stop, self.poll)
+                if await self._wait_for_lock(conn, stop):
+                    fence = await (
+                        await conn.execute(_TAKE_FENCE, (self.projection, worker_identity()))
+                    ).fetchone()
+                    assert fence is not None
+                    self.fence, self._conn = fence[0], conn
+                    PROJECTION_LEASE_ACQUIRED.labels(self.projection).inc()
+                    return True
             except psycopg.OperationalError:
                 pass
             await conn.close()
+        return False
+
+    async def _wait_for_lock(self, conn: psycopg.AsyncConnection, stop: asyncio.Event) -> bool:
+        """Queue for the lock until it is this session's (True) or `stop` is set (False)."""
+        await conn.execute(f"SET lock_timeout = {int(self.poll * 1000)}")
+        while not stop.is_set():
+            try:
+                await conn.execute(_WAIT_FOR_LOCK, (self.projection,))
+            except psycopg.errors.LockNotAvailable:
+                continue
+            await conn.execute("SET lock_timeout = 0")
+            return True
         return False
 
     async def check(self) -> None:

@@ -43,6 +43,7 @@ _GENERATION_CHECK = 1.0
 # not once a batch: each is a round trip.
 _CHECK_EVERY = 1.0
 _PARTITION_EVERY = 3600.0
+_STOP_CHECK = 0.05  # seconds: how soon an idle worker notices it is asked to stop
 # A rebuild switched generations and dropped the one this worker was still writing before it
 # noticed (UndefinedTable), or the store moved past it: it starts over on the current pointer.
 _STEP_DOWN = (Fenced, LeaseLost, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
@@ -102,6 +103,9 @@ class ProjectionRunner:
         self.health = Reporter(name)
 
     async def run(self) -> None:
+        # The series exist from the start, so an alert sees a standby's first takeover too.
+        m.PROJECTION_LEASE_ACQUIRED.labels(self.name)
+        m.PROJECTION_LEASE_HELD.labels(self.name).set(0)
         while not self.stop.is_set():
             lease = Lease(self.conninfo, self.name)
             log.info("%s: waiting for the lease", self.name)
@@ -266,9 +270,12 @@ class ProjectionRunner:
             await sleep_or_stop(self.stop, left)
 
     async def _wait(self, listener: psycopg.AsyncConnection, seconds: float) -> None:
-        """Sleep until a NOTIFY (only a wake-up: the loop reads from its checkpoint anyway)."""
-        async for _ in listener.notifies(timeout=seconds, stop_after=1):
-            pass
+        """Sleep until a NOTIFY (only a wake-up: the loop reads from its checkpoint anyway), in
+        steps short enough that a stopping worker gives its lease up at once."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0 and not self.stop.is_set():
+            async for _ in listener.notifies(timeout=min(left, _STOP_CHECK), stop_after=1):
+                return
 
 
 async def maintain_partitions(settings: Settings, stop: asyncio.Event) -> None:
