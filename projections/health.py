@@ -121,6 +121,15 @@ class Reporter:
         if stall is not None or time.monotonic() - self._written >= _WRITE_EVERY:
             await self._save(conn)
 
+    def stepped_down(self) -> None:
+        """This worker no longer runs the projection (a standby again): what it last saw is not
+        its health any more; the holder of the lease reports the projection's."""
+        progress = self.progress
+        progress.stall, progress.head, progress.watermark = None, 0, 0
+        progress.moved_at = time.time()
+        m.PROJECTION_STALLED.labels(self.name).set(0)
+        m.PROJECTION_STALLED_POSITION.labels(self.name).set(0)
+
     async def _save(self, conn: psycopg.AsyncConnection) -> None:
         p, stall = self.progress, self.progress.stall
         moved_at = datetime.fromtimestamp(p.moved_at, UTC)

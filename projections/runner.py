@@ -117,6 +117,7 @@ class ProjectionRunner:
                 await self._project(lease)
             except _STEP_DOWN as exc:
                 log.warning("%s: stepping down: %s", self.name, exc)
+                self.health.stepped_down()  # a standby now: the new holder reports health
             except (psycopg.OperationalError, RedisError, OSError) as exc:
                 log.warning("%s: store unavailable, retrying: %s", self.name, exc)
                 await asyncio.sleep(1.0)
