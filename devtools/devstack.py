@@ -6,7 +6,8 @@
 DATABASE_URL / REDIS_URL from the environment are used when reachable; otherwise
 a private server is started in a temp dir on a free port and torn down on exit.
 `--fast` turns off PostgreSQL durability (fine for tests, never for real data).
-Library use: `with services(fast=True) as env: ...` (env holds the URLs).
+Library use: `with services(fast=True) as env: ...` (env holds the URLs); tests that need
+servers of their own: start_postgres, start_pg_standby, start_redis_server.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,124 @@ def _start_redis(stack: ExitStack) -> str:
     url = f"redis://127.0.0.1:{port}/0"
     _wait_ready("Redis", proc, lambda: _redis_reachable(url, timeout=1), logfile)
     return url
+
+
+# --------------------------------------------------------------------------- more servers
+
+
+def start_postgres(stack: ExitStack, fast: bool = False) -> str:
+    """A throwaway PostgreSQL cluster, stopped and removed when `stack` closes: the URL of its
+    database voteledger, as the superuser postgres (trust, replication from 127.0.0.1 too)."""
+    return _start_pg(stack, fast)
+
+
+def _owned_scratch(stack: ExitStack, prefix: str) -> tuple[Path, dict[str, Any]]:
+    """A scratch dir (removed when `stack` closes) with an empty `data` dir for a PostgreSQL
+    server, owned as _start_pg arranges it, and the Popen arguments that run a command as the
+    unprivileged owner when root (none otherwise)."""
+    owner = _unprivileged_user() if IS_ROOT else None
+    parent: str | None = None
+    if owner is not None:
+        base = Path(tempfile.gettempdir()).resolve()
+        if not all(p.stat().st_mode & stat.S_IXOTH for p in (base, *base.parents)):
+            parent = "/tmp"
+    tmp = _scratch(prefix, parent)
+    stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+    (tmp / "data").mkdir(mode=0o700)
+    if owner is None:
+        return tmp, {}
+    tmp.chmod(0o711)
+    os.chown(tmp / "data", owner.pw_uid, owner.pw_gid)
+    return tmp, {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+
+
+# A hot standby refuses to start with any of these lower than its primary's.
+_NOT_BELOW_PRIMARY = (
+    "max_connections",
+    "max_worker_processes",
+    "max_wal_senders",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+)
+
+
+def _standby_probe(url: str) -> Callable[[], str | None]:
+    def probe() -> str | None:
+        """None once the server is in recovery and streaming from its primary."""
+        try:
+            with psycopg.connect(url, connect_timeout=1) as conn:
+                query = "SELECT pg_is_in_recovery(), (SELECT status FROM pg_stat_wal_receiver)"
+                row = conn.execute(query).fetchone()
+        except (psycopg.Error, OSError) as e:
+            return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None if row == (True, "streaming") else f"in recovery, wal receiver: {row}"
+
+    return probe
+
+
+def start_pg_standby(
+    stack: ExitStack, primary_url: str, settings: Sequence[str] = ()
+) -> tuple[str, Path]:
+    """A streaming hot standby of the throwaway cluster at `primary_url` (pg_basebackup -R, as
+    the unprivileged user when root), with `settings` (name=value), stopped and removed when
+    `stack` closes. Returns its URL (the primary's, on the standby's port) and its log file,
+    once it accepts read-only connections and streams from the primary."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        raise DevstackError("PostgreSQL server binaries (pg_basebackup, postgres) not found")
+    tmp, as_owner = _owned_scratch(stack, "devstack-pg-standby-")
+    data, logfile = tmp / "data", tmp / "postgres.log"
+    with psycopg.connect(primary_url, autocommit=True) as conn:
+        query = "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)"
+        inherited = conn.execute(query, (list(_NOT_BELOW_PRIMARY),)).fetchall()
+    parts = urlsplit(primary_url)
+    backup = [str(bindir / "pg_basebackup"), "-h", parts.hostname or "127.0.0.1"]
+    backup += ["-p", str(parts.port or 5432), "-U", parts.username or "postgres"]
+    backup += ["-D", str(data), "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]
+    copy = _spawn(backup, logfile, cwd=data, **as_owner)
+    stack.callback(stop_all, [copy], signal.SIGTERM, 5.0)  # only matters if hung
+    try:
+        rc = copy.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        rc = -1
+    if rc != 0:
+        raise DevstackError(f"pg_basebackup failed (exit {rc}):\n{_tail(logfile)}")
+    port = _free_port()
+    cmd = [str(bindir / "postgres"), "-D", str(data), "-k", str(data)]
+    cmd += ["-h", "127.0.0.1", "-p", str(port)]
+    for setting in [*(f"{name}={value}" for name, value in inherited), *settings]:
+        cmd += ["-c", setting]
+    proc = _spawn(cmd, logfile, signal.SIGINT, cwd=data, **as_owner)
+    stack.callback(stop_all, [proc], signal.SIGINT, 10.0)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    url = urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}"))
+    _wait_ready("PostgreSQL standby", proc, _standby_probe(url), logfile)
+    return url, logfile
+
+
+def start_redis_server(stack: ExitStack, *args: str, config: str = "") -> int:
+    """A throwaway redis-server on 127.0.0.1 with `args` (e.g. --replicaof 127.0.0.1 PORT) and,
+    when given, `config` as its config file, written into a dir of its own where the server
+    may rewrite it (a sentinel: pass --sentinel). Stopped and removed when `stack` closes;
+    returns its port."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise DevstackError("redis-server not found; install 'redis-server'")
+    tmp = _scratch("devstack-redis-")
+    stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+    logfile, port = tmp / "redis.log", _free_port()
+    cmd = [exe]
+    if config:
+        (tmp / "redis.conf").write_text(config)
+        cmd.append(str(tmp / "redis.conf"))
+    cmd += ["--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    cmd += ["--appendonly", "no", "--daemonize", "no"]
+    cmd += ["--dir", str(tmp), "--logfile", str(logfile), *args]
+    proc = _spawn(cmd, logfile)
+    stack.callback(stop_all, [proc], signal.SIGTERM, 5.0)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait_ready("Redis", proc, lambda: _redis_reachable(url, timeout=1), logfile)
+    return port
 
 
 # --------------------------------------------------------------------------- public API
