@@ -15,6 +15,7 @@ import uuid
 import psycopg
 
 from infra.settings import Settings
+from projections.redis_store import meta_key
 from projections.runner import run_worker
 
 RESET = """
@@ -47,7 +48,7 @@ async def measure(settings: Settings, projections: tuple[str, ...]) -> float:
                 await conn.rollback()
                 done &= row is not None and row[0] >= last
             if "redis" in projections:
-                raw = await client.hget(f"{{{settings.redis_prefix}:g1}}:meta", "watermark")
+                raw = await client.hget(meta_key(settings.redis_prefix, 1), "watermark")
                 done &= raw is not None and int(raw) >= last
             if done:
                 break

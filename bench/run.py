@@ -45,6 +45,8 @@ import psycopg
 import redis
 
 from bench import naive
+from projections.generations import redis_key
+from projections.redis_store import changes_key, meta_key, namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -550,7 +552,7 @@ class Bench:
     def catch_up(self) -> None:
         copy_rate = self.copy_baseline()
         generation, head = self.q("SELECT generation FROM read_model_generation"), self.head()
-        meta = f"{{{self.prefix}:g{generation}}}:meta"
+        meta = meta_key(self.prefix, generation)
         checkpoint = (
             f"SELECT watermark FROM rm_g{generation}.checkpoint WHERE projection = 'postgres'"
         )
@@ -660,8 +662,8 @@ class Bench:
 
     def redis_watermark(self) -> tuple[int, int]:
         """Redis's current generation and its watermark (0: none yet)."""
-        generation = int(self.redis.get(f"{self.prefix}:generation") or 1)  # type: ignore[arg-type]
-        mark = self.redis.hget(f"{{{self.prefix}:g{generation}}}:meta", "watermark")
+        generation = int(self.redis.get(redis_key(self.prefix)) or 1)  # type: ignore[arg-type]
+        mark = self.redis.hget(meta_key(self.prefix, generation), "watermark")
         return generation, int(mark or 0)  # type: ignore[arg-type]
 
     def watermarks(self) -> dict[str, int]:
@@ -829,7 +831,7 @@ class Bench:
                 "--redis-url",
                 self.redis_url,
                 "--channel",
-                f"{{{self.prefix}:g{generation}}}:changes",
+                changes_key(self.prefix, generation),
                 "--keys",
                 str(self.tmp / "keys.txt"),
                 "--items",
@@ -885,7 +887,7 @@ class Bench:
             )
         finally:
             pin(query, None)
-        key = f"{{{self.prefix}:g{generation}}}:top:song"
+        key = f"{namespace(self.prefix, generation)}:top:song"
         if not self.redis.zcard(key):
             raise BenchError(f"no sorted set {key} in Redis")
         zrev = self.redis_benchmark(key)

@@ -1,20 +1,20 @@
 """The Redis read models: their keys, their scripts, and every operation on them.
 
-Every key of one generation shares one hash tag, `{<prefix>:g<N>}`, so one script may touch them
-all and Redis Cluster keeps them in one slot:
+Every key under a prefix shares one hash tag, `{<prefix>}` (projections.redis_keys), so any
+script may touch any of them and Redis Cluster keeps them in one slot. One generation's keys:
 
-  {p:gN}:meta                  hash: checkpoint, watermark, fence, trending epoch, live, and
+  {p}:gN:meta                  hash: checkpoint, watermark, fence, trending epoch, live, and
                                `head`: the ledger head (last position drawn) the worker last saw
-  {p:gN}:item:<item_id>        hash: item_type, title, up, down, net
-  {p:gN}:top:<type>            zset: net score
-  {p:gN}:conf:<type>           zset: Wilson lower bound
-  {p:gN}:trend:<type>          zset: trending sum relative to the epoch
-  {p:gN}:daily:<type>:<date>   zset: net gained that UTC day (expires after the kept days)
-  {p:gN}:changes               stream (capped) and pub/sub channel of change notices
-  {p:gN}:pending               hash: changed items waiting for the watermark to move
+  {p}:gN:item:<item_id>        hash: item_type, title, up, down, net
+  {p}:gN:top:<type>            zset: net score
+  {p}:gN:conf:<type>           zset: Wilson lower bound
+  {p}:gN:trend:<type>          zset: trending sum relative to the epoch
+  {p}:gN:daily:<type>:<date>   zset: net gained that UTC day (expires after the kept days)
+  {p}:gN:changes               stream (capped) and pub/sub channel of change notices
+  {p}:gN:pending               hash: changed items waiting for the watermark to move
 
-The pointer `<prefix>:generation` and the owner `<prefix>:ledger` (the id of the ledger these read
-models are of: another ledger's are cleared, never projected onto) belong to
+The pointer `{<prefix>}:generation` and the owner `{<prefix>}:ledger` (the id of the ledger these
+read models are of: another ledger's are cleared, never projected onto) belong to
 projections.generations.
 """
 
@@ -33,7 +33,7 @@ from redis.asyncio.client import Pipeline
 from events.store import Checkpoint
 from events.types import ItemType
 from infra import scripts
-from projections import generations
+from projections import generations, redis_keys
 from projections.model import Changes, DayTotals, ItemTotals, keep_above, rescale_factor
 from projections.readmodel import Broken, Coverage, Difference, Dump, Fenced, State, Step, advanced
 
@@ -41,8 +41,8 @@ log = logging.getLogger("voteledger.projections")
 
 
 def namespace(prefix: str, generation: int) -> str:
-    """The hash tag every key of one generation starts with."""
-    return f"{{{prefix}:g{generation}}}"
+    """What every key of one generation starts with (the prefix's hash tag first)."""
+    return redis_keys.namespace(prefix, generation)
 
 
 def meta_key(prefix: str, generation: int) -> str:
@@ -191,10 +191,11 @@ class RedisStore:
         return await generations.redis(self.client, self.prefix, self.fallback)
 
     async def generations(self) -> list[int]:
+        pattern, exact = redis_keys.metas(self.prefix)
         found = set()
-        async for key in self.client.scan_iter(match=f"{{{self.prefix}:g*}}:meta", count=1000):
-            tag = key.decode().split("}", 1)[0]  # "{prefix:gN"
-            found.add(int(tag.rsplit(":g", 1)[1]))
+        async for key in self.client.scan_iter(match=pattern, count=1000):
+            if meta := exact.fullmatch(key.decode(errors="replace")):
+                found.add(int(meta[1]))
         return sorted(found)
 
     async def checkpoint(self, generation: int) -> State | None:
@@ -344,7 +345,7 @@ class RedisStore:
 
     async def drop(self, generation: int) -> None:
         batch: list[bytes] = []
-        pattern = f"{namespace(self.prefix, generation)}:*"
+        pattern = redis_keys.generation_keys(self.prefix, generation)
         async for key in self.client.scan_iter(match=pattern, count=1000):
             batch.append(key)
             if len(batch) >= 1000:

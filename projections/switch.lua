@@ -3,8 +3,8 @@
 -- is refused, so the old generation never gets ahead of what readers of the new one see.
 -- KEYS: the pointer (projections.generations), the old generation's meta, the new one's.
 -- ARGV[1]: the new generation. The reply is 1 when switched, 0 when the new one is behind.
--- (The pointer and the two generations are in different hash slots: this script needs a single
--- Redis server, not a cluster.)
+-- (All three share the prefix's hash tag, `{<prefix>}` (projections.redis_keys), so they are in
+-- one hash slot: the script runs on Redis Cluster as on a single server.)
 local old = tonumber(redis.call('HGET', KEYS[2], 'watermark') or '0')
 local new = tonumber(redis.call('HGET', KEYS[3], 'watermark') or '0')
 if new < old then return 0 end

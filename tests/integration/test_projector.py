@@ -19,6 +19,7 @@ from events import store
 from events.store import Checkpoint
 from events.types import ItemListed, Recorded, VoteCast
 from infra.settings import Settings
+from projections import redis_keys
 from projections.model import Changes, fold
 from projections.postgres_store import PostgresStore
 from projections.readmodel import Broken, Fenced, State, Step
@@ -214,7 +215,7 @@ def redis_store(client: aioredis.Redis, prefix: str) -> RedisStore:
 
 async def _redis_snapshot(client: aioredis.Redis, ns: str) -> dict[bytes, object]:
     snapshot: dict[bytes, object] = {}
-    async for key in client.scan_iter(match=f"{ns}:*"):
+    async for key in client.scan_iter(match=f"{redis_keys.glob(ns)}:*"):
         kind = await client.type(key)
         if kind == b"hash":
             snapshot[key] = await client.hgetall(key)
@@ -304,3 +305,73 @@ async def test_empty_changes_only_move_the_watermark(isolated: Settings) -> None
         step = Step(Changes(epoch=None), state.checkpoint, 7, 0, None)
         state = await target.apply(1, state, step, fence=1, half_life=3600.0)
         assert (await target.start(1)).watermark == 7
+
+
+# --- an upgrade from the old key names ------------------------------------------------------
+
+
+async def _project_until_caught_up(settings: Settings) -> None:
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop))
+    try:
+        await wait_caught_up(settings, worker=worker)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+
+
+def _old_name(prefix: str, key: str) -> str:
+    """The name an old release gave `key`: `<p>:generation`, `<p>:ledger`, `{<p>:gN}:...`."""
+    tag = redis_keys.tag(prefix)
+    rest = key.removeprefix(f"{tag}:")
+    if rest in ("generation", "ledger"):
+        return f"{prefix}:{rest}"
+    generation, _, name = rest.partition(":")
+    return f"{{{prefix}:{generation}}}:{name}"
+
+
+async def _keys(client: aioredis.Redis, pattern: str) -> set[str]:
+    return {key.decode() async for key in client.scan_iter(match=pattern)}
+
+
+async def test_an_upgrade_from_the_old_key_names_rebuilds_redis_once(
+    isolated: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis whose read models are under the old key names (pointer `<p>:generation`, owner
+    `<p>:ledger`, a tag per generation) is not read: the projector rebuilds the Redis read models
+    from the start of the ledger under the new names, deletes the old keys, and the next start
+    finds its own read models (no second rebuild). Another prefix's keys are left alone."""
+    prefix = isolated.redis_prefix
+    async with command_pool(isolated) as pool:
+        agents, items = await populate(pool, agents=5, items=20)
+        await vote_load(pool, agents, items, seconds=1, writers=3, seed=11)
+    await _project_until_caught_up(isolated)
+    client = aioredis.Redis.from_url(isolated.redis_url)
+    other = f"{prefix}2"  # another deployment's prefix, which the old tag also started with
+    others = {f"{other}:generation", f"{{{other}:g1}}:meta", redis_keys.pointer(other)}
+    others.add(f"{redis_keys.namespace(other, 1)}:meta")
+    try:
+        new_keys = await _keys(client, f"{redis_keys.glob(redis_keys.tag(prefix))}:*")
+        assert redis_keys.pointer(prefix) in new_keys and redis_keys.owner(prefix) in new_keys
+        for key in new_keys:  # what an old release left in Redis
+            await client.rename(key, _old_name(prefix, key))
+        for key in others:
+            await client.set(key, "1")
+        async with command_pool(isolated) as pool:
+            await vote_load(pool, agents, items, seconds=0.5, writers=2, seed=12)
+        caplog.clear()
+        await _project_until_caught_up(isolated)
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(f"deleted {len(new_keys)} keys under the old key names" in m for m in messages)
+        assert any("missing: rebuilding" in m for m in messages)
+        await assert_read_models_match_ledger(isolated)  # events applied once, from the start
+        everything = await _keys(client, f"*{prefix}*")
+        assert {key for key in everything if not key.startswith("{" + prefix + "}")} == others
+        assert await client.exists(*others) == len(others)
+
+        caplog.clear()
+        await _project_until_caught_up(isolated)
+        assert not any("rebuilding" in r.getMessage() for r in caplog.records)
+        assert not any("old key names" in r.getMessage() for r in caplog.records)
+    finally:
+        await client.aclose()

@@ -25,7 +25,7 @@ from commands.record import cast_vote
 from events import store
 from events.types import ItemListed, VoteCast
 from infra.settings import Settings
-from projections import verify
+from projections import redis_keys, verify
 from projections.postgres_store import PostgresStore
 from projections.redis_store import namespace
 from tests.integration.projection_support import (
@@ -132,10 +132,12 @@ async def _leftover_generations(settings: Settings) -> tuple[set[int], set[int]]
         )
         schemas = {g for (g,) in await cur.fetchall()}
     client = aioredis.Redis.from_url(settings.redis_url)
+    pattern, exact = redis_keys.metas(settings.redis_prefix)
     try:
         metas = {
-            int(key.decode().split("}", 1)[0].rsplit(":g", 1)[1])
-            async for key in client.scan_iter(match=f"{{{settings.redis_prefix}:g*}}:meta")
+            int(meta[1])
+            async for key in client.scan_iter(match=pattern)
+            if (meta := exact.fullmatch(key.decode()))
         }
     finally:
         await client.aclose()
