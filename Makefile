@@ -59,3 +59,8 @@ clean:
 bench: $(STAMP)
 	DEVSTACK_PG_SETTINGS=shared_preload_libraries=pg_stat_statements \
 	  $(BIN)/python -m devtools.devstack exec -- $(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## replicas: a drill on one machine: 2 command APIs, 2 query APIs, 3 projectors, one of each SIGKILLed under load; checks no acknowledged vote is lost or doubled (REPLICAS_ARGS='--duration 30 --rate 200')
+.PHONY: replicas
+replicas: $(STAMP)
+	$(BIN)/python -m devtools.devstack exec -- $(BIN)/python -m devtools.replicas $(REPLICAS_ARGS)
