@@ -274,9 +274,11 @@ class ProjectionRunner:
         """Sleep until a NOTIFY (only a wake-up: the loop reads from its checkpoint anyway), in
         steps short enough that a stopping worker gives its lease up at once."""
         until = time.monotonic() + seconds
-        while (left := until - time.monotonic()) > 0 and not self.stop.is_set():
+        notified = False
+        while not notified and (left := until - time.monotonic()) > 0 and not self.stop.is_set():
+            # Run to its end (stop_after): a generator left half-way would keep the connection.
             async for _ in listener.notifies(timeout=min(left, _STOP_CHECK), stop_after=1):
-                return
+                notified = True
 
 
 async def maintain_partitions(settings: Settings, stop: asyncio.Event) -> None:

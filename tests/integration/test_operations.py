@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.settings import Settings
 from tests.integration.conftest import command_api, new_agent, new_item
+from tests.integration.projection_support import worker_process
 from tests.servers import uvicorn_server
 
 VOTE_ROUTE = "/api/v1/vote"
@@ -204,3 +205,39 @@ def _env_of(settings: Settings) -> dict[str, str]:
     from tests.servers import settings_env
 
     return {k: v for k, v in settings_env(settings).items() if not k.startswith("SENTRY_")}
+
+
+async def test_ready_while_redis_serves_though_postgres_is_away(isolated: Settings) -> None:
+    """In a cluster the fallback is a replica (PostgreSQL's read-only service), which may be away
+    while Redis answers: the query API stays ready; with neither, it is not."""
+    away = "postgresql://voteledger_query@127.0.0.1:1/voteledger?connect_timeout=1"
+    async with command_api(isolated) as command:
+        agent, item = await new_agent(command), await new_item(command)
+        vote = await command.post(
+            VOTE_ROUTE, json={"item_id": item, "vote": "up"}, headers=agent.headers
+        )
+        position = vote.json()["position"]
+    with (
+        worker_process(isolated),
+        uvicorn_server(
+            "queries.app:create_app", isolated, VOTELEDGER_QUERY_DATABASE_URL=away
+        ) as url,
+    ):
+        async with httpx.AsyncClient(base_url=url, timeout=10) as query:
+            top = await query.get(
+                "/api/v1/top",
+                params={"item_type": "song", "min_position": position, "wait_ms": 5000},
+            )
+            assert top.status_code == 200 and top.headers["X-Read-Model"] == "redis", top.text
+            ready = await query.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["read_model"] == "redis", ready.text
+    with uvicorn_server(
+        "queries.app:create_app",
+        isolated,
+        VOTELEDGER_QUERY_DATABASE_URL=away,
+        REDIS_URL="redis://127.0.0.1:1/0",
+    ) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as query:
+            unready = await query.get("/readyz")
+        assert unready.status_code == 503
+        assert unready.headers["content-type"] == "application/problem+json"
