@@ -5,9 +5,9 @@
 
 Two `voteledger project` workers run against the database; each round sends SIGTERM to the one
 that holds the leases and measures, per projection, the time from the signal to the moment the
-other one has taken the lease (a new fencing token in projection_leases) and to the moment the
-projection applies events again; then it starts a fresh standby and waits until it queues for the leases. The
-workers are idle (the ledger is empty), so this is the path where a worker waits for events.
+other one has taken the lease (a new fencing token in projection_leases); then it starts a fresh
+standby and waits until it queues for the leases. The workers are idle (the ledger is empty), so
+this is the path where a worker waits for events.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Events carry the release (voteledger@<version>), the environment (SENTRY_ENVIRONMENT, else
 VOTELEDGER_ENV) and the component (command-api, query-api, projector). Credentials never leave:
-no user details or request bodies, and `scrub` removes the headers and values that carry API keys or the operator
-token before an event is sent. Performance tracing is off unless SENTRY_TRACES_SAMPLE_RATE is set.
+no user details or request bodies are collected, and `scrub` removes the headers and values that
+carry API keys or the operator token before an event is sent. Performance tracing is off unless
+SENTRY_TRACES_SAMPLE_RATE is set.
 """
 
 from __future__ import annotations

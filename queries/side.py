@@ -190,6 +190,8 @@ class ReadSide:
                 if time.monotonic() >= next_refresh:
                     await self._refresh()
                     next_refresh = time.monotonic() + _REFRESH_EVERY
+                    if await redis_client.moved_away(self.blocking, pubsub.connection):
+                        return  # subscribe again, at the new primary (Sentinel failover)
 
     def _redis_down(self, exc: BaseException) -> None:
         self._redis_down_until = time.monotonic() + _REDIS_RETRY_AFTER

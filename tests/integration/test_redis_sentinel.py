@@ -117,7 +117,7 @@ async def test_connect_reaches_the_primary_through_sentinel(
     primary = redises.master()
     plain = redis_client.connect(settings, socket_timeout=2)
     bounded = redis_client.connect(settings, max_connections=2, timeout=5, socket_timeout=2)
-    assert isinstance(bounded.connection_pool, redis_client._BlockingSentinelPool)
+    assert isinstance(bounded.connection_pool, redis_client._BlockingFollowingPool)
     for name, client in (("plain", plain), ("bounded", bounded)):
         key = f"{{{PREFIX}}}:{name}"
         try:
@@ -128,10 +128,7 @@ async def test_connect_reaches_the_primary_through_sentinel(
             assert (await client.execute_command("ROLE"))[0] == b"master"
             assert client.connection_pool.master_address == ("127.0.0.1", primary)
         finally:
-            await client.aclose()
-            # Closing the client leaves the connections to the sentinels open: they are the
-            # Sentinel object's, which connect() does not hand out.
-            await client.connection_pool.sentinel_manager.aclose()
+            await client.aclose()  # its connections to the sentinels too
         with redis.Redis(port=primary) as direct:
             assert direct.get(key) == b"42"
             direct.delete(key)
@@ -380,15 +377,6 @@ async def test_a_failover_loses_no_vote(failover: Failover, apps: Apps) -> None:
     assert _app_connections(failover.old) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="The apps' Redis clients (infra/redis_client.py: Sentinel.master_for) ask the "
-    "sentinel for the primary only when they open a connection: their pooled connections stay "
-    "at the old primary, which still accepts writes, until the sentinel makes it a replica "
-    "(~10 s later) and closes them. Writes meanwhile (the projector's batches) are discarded "
-    "when it resyncs; the projector's next batch is refused at the new primary's checkpoint "
-    "and it projects again from there.",
-)
 def test_the_apps_move_when_the_new_primary_is_named(failover: Failover) -> None:
     """Within MOVE_SECONDS of the sentinel naming the new primary, the apps' connections are
     there and none is left at the old one."""
