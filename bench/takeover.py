@@ -99,9 +99,12 @@ def main(argv: list[str] | None = None) -> None:
             rounds = []
             for n in range(args.rounds):
                 rounds.append(_one_round(conn, workers))
-                print(f"round {n + 1}: " + ", ".join(
-                    f"{name} {ms:.0f} ms" for name, ms in sorted(rounds[-1].released_ms.items())
-                ))
+                print(
+                    f"round {n + 1}: "
+                    + ", ".join(
+                        f"{name} {ms:.0f} ms" for name, ms in sorted(rounds[-1].released_ms.items())
+                    )
+                )
         every = [ms for r in rounds for ms in r.released_ms.values()]
         print(
             f"takeover after SIGTERM: median {statistics.median(every):.0f} ms, "
