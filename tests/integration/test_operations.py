@@ -3,24 +3,27 @@ requests and agents but never keys, and error reports to Sentry without credenti
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.settings import Settings
-from tests.integration.conftest import command_api, new_agent, new_item
+from tests.integration.conftest import Agent, command_api, new_agent, new_item
 from tests.integration.projection_support import worker_process
-from tests.servers import uvicorn_server
+from tests.servers import free_port, settings_env, uvicorn_server
 
 VOTE_ROUTE = "/api/v1/vote"
 
@@ -202,8 +205,6 @@ async def test_errors_reach_sentry_with_tags_and_without_credentials(
 
 
 def _env_of(settings: Settings) -> dict[str, str]:
-    from tests.servers import settings_env
-
     return {k: v for k, v in settings_env(settings).items() if not k.startswith("SENTRY_")}
 
 
@@ -241,3 +242,79 @@ async def test_ready_while_redis_serves_though_postgres_is_away(isolated: Settin
             unready = await query.get("/readyz")
         assert unready.status_code == 503
         assert unready.headers["content-type"] == "application/problem+json"
+
+
+async def test_sigterm_drains_votes_in_flight(isolated: Settings) -> None:
+    """A command API told to stop (as Kubernetes stops a pod) finishes the votes it has taken on
+    before it exits: every one is answered 201 and recorded, none gets a 5xx."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "infra.serve", "commands", "--port", str(port)]
+    proc = await asyncio.create_subprocess_exec(*argv, env=settings_env(isolated))
+    try:
+        agent, items, clients = await _votes_ready(url, proc, 60)
+        with psycopg.connect(isolated.database_url) as blocker:
+            # Appends wait behind this lock: the votes are in flight, for certain, at the signal.
+            blocker.execute("LOCK TABLE events IN SHARE MODE")
+            votes = [
+                asyncio.create_task(
+                    c.post(VOTE_ROUTE, json={"item_id": i, "vote": "up"}, headers=agent.headers)
+                )
+                for c, i in zip(clients, items, strict=True)
+            ]
+            await _until(lambda: _waiting_appends(isolated) > 0)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            assert proc.returncode is None, "it exited with votes in flight"
+            blocker.commit()
+        answers = await asyncio.gather(*votes)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert await asyncio.wait_for(proc.wait(), 30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for client in clients:
+            await client.aclose()
+    assert [a.status_code for a in answers] == [201] * len(items)
+    with psycopg.connect(isolated.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE event_type = 'VoteCast'").fetchone()
+    assert row == (len(items),)
+
+
+async def _votes_ready(
+    url: str, proc: asyncio.subprocess.Process, n: int
+) -> tuple[Agent, list[str], list[httpx.AsyncClient]]:
+    """An agent, n items, and n open connections, so that n votes reach the server together."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        while (await _status(client, "/healthz")) != 200:
+            assert proc.returncode is None, "the command API did not start"
+            await asyncio.sleep(0.1)
+        agent = await new_agent(client)
+        items = [await new_item(client) for _ in range(n)]
+    clients = [httpx.AsyncClient(base_url=url, timeout=30) for _ in items]
+    await asyncio.gather(*(c.get("/healthz") for c in clients))
+    return agent, items, clients
+
+
+def _waiting_appends(settings: Settings) -> int:
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE usename = 'voteledger_command' AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _until(check: Callable[[], int], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def _status(client: httpx.AsyncClient, path: str) -> int:
+    try:
+        return (await client.get(path)).status_code
+    except httpx.TransportError:
+        return 0
