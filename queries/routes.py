@@ -30,7 +30,7 @@ from infra.metrics import metrics_response
 from infra.openapi import json_response
 from infra.problems import Problem
 from queries.shapes import BadCursor, DetailAt, ListName, ListQuery, Page, StaleCursor
-from queries.side import NOT_YET_STATUS, Ask, Produced, ReadSide
+from queries.side import NOT_YET_STATUS, NOTHING, Ask, Produced, ReadSide
 from queries.stream import Listener, StreamFull, StreamHub, change_events
 
 MAX_WAIT_MS = 5000
@@ -134,7 +134,9 @@ async def answer_list(side: ReadSide, query: ListQuery, ask: Ask) -> Response:
         return source, _encoder.encode(page), page.position
 
     key = (query.name, query.item_type, query.limit, query.cursor, query.min_votes, query.day)
-    return await side.respond(key, produce, ask)
+    response = await side.respond(key, produce, ask)
+    assert response is not None, "a page, even an empty one, is never NOTHING"
+    return response
 
 
 async def answer_item(side: ReadSide, item_id: str, ask: Ask) -> Response:
@@ -144,11 +146,14 @@ async def answer_item(side: ReadSide, item_id: str, ask: Ask) -> Response:
     async def produce() -> Produced:
         source, found, position = await side.detail(item_id, today)
         if found is None:
-            raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
+            return source, NOTHING, position
         body = _encoder.encode(DetailAt(**msgspec.structs.asdict(found), position=position))
         return source, body, position
 
-    return await side.respond(("item", item_id, today), produce, ask)
+    response = await side.respond(("item", item_id, today), produce, ask)
+    if response is None:
+        raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
+    return response
 
 
 @router.get("/api/v1/top", summary="All-time rankings", **_LIST_DOC)

@@ -48,6 +48,10 @@ _HEAD_GRACE = 1.0
 _REDIS_WAIT = 0.5  # a waiter on Redis reads it again at least this often (a notice may be lost)
 _POSTGRES_POLL = 0.1  # how often one task per process reads PostgreSQL's position for waiters
 
+# The body `produce` gives for "there is no such thing as of this position": it honours
+# min_position like any answer (a client that just created the thing waits for the read model to
+# reflect it), and `respond` then returns None for the caller to answer 404.
+NOTHING = b"\x00nothing"
 _READS = {source: QUERY_READS.labels(source) for source in ("redis", "postgres")}
 Produced = tuple[str, bytes, int]  # the source that answered, the body, the position it reflects
 Produce = Callable[[], Awaitable[Produced]]
@@ -281,8 +285,9 @@ class ReadSide:
 
     # --- answers ------------------------------------------------------------------------------
 
-    async def respond(self, key: Hashable, produce: Produce, ask: Ask) -> Response:
-        """Serve from cache or produce the body; honour min_position; add validators.
+    async def respond(self, key: Hashable, produce: Produce, ask: Ask) -> Response | None:
+        """Serve from cache or produce the body; honour min_position; add validators. None when
+        the answer, as of the position asked for, is NOTHING (never cached).
 
         Never answers with a position below one this server has already answered with (which
         could happen when falling back to PostgreSQL, a little behind Redis): such an answer
@@ -301,6 +306,8 @@ class ReadSide:
             await self._wait(source, *shortfall)
             source, entry = await self._entry(key, produce)
         self.served = max(self.served, entry.position)
+        if entry.body == NOTHING:
+            return None
         if source == "redis" and ask.min_position is None and ask.url is not None:
             self.cache.remember_url(ask.url, key)
         return _response(entry, source, ask.if_none_match)
@@ -331,7 +338,7 @@ class ReadSide:
 
     async def _produce(self, key: Hashable, produce: Produce) -> tuple[str, Cached]:
         source, body, position = await produce()
-        if source == "redis":
+        if source == "redis" and body != NOTHING:
             return source, self.cache.put(key, body, position, self.redis_generation)
         return source, Cached.of(body, position, self.redis_generation)
 

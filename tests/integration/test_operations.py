@@ -318,3 +318,40 @@ async def _status(client: httpx.AsyncClient, path: str) -> int:
         return (await client.get(path)).status_code
     except httpx.TransportError:
         return 0
+
+
+async def test_a_new_item_read_at_its_position_waits_instead_of_answering_404(
+    isolated: Settings,
+) -> None:
+    """Read your writes from the PostgreSQL fallback (as on a lagging replica): a vote on a
+    just-listed item, read with min_position before the read model has the item, waits and
+    answers the item, not 'no such item'; an item that does not exist still answers 404."""
+    no_redis = "redis://127.0.0.1:1/0"
+    with (
+        worker_process(isolated),
+        uvicorn_server("queries.app:create_app", isolated, REDIS_URL=no_redis) as url,
+    ):
+        async with command_api(isolated) as command, httpx.AsyncClient(base_url=url) as query:
+            agent = await new_agent(command)
+            with psycopg.connect(isolated.database_url) as blocker:
+                # The projector's next commit waits behind this lock: the item is not there yet.
+                blocker.execute("LOCK TABLE rm_g1.checkpoint IN SHARE MODE")
+                item = await new_item(command)
+                vote = await command.post(
+                    VOTE_ROUTE, json={"item_id": item, "vote": "up"}, headers=agent.headers
+                )
+                params = {"min_position": vote.json()["position"], "wait_ms": 5000}
+                read = asyncio.create_task(
+                    query.get(f"/api/v1/items/{item}", params=params, timeout=10)
+                )
+                # Under a second: past it, a position beyond the head the projector last reported
+                # is refused as never issued (queries/side.py _HEAD_GRACE).
+                await asyncio.sleep(0.5)
+                assert not read.done(), (await read).text
+                blocker.commit()
+            answer = await read
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["X-Read-Model"] == "postgres" and answer.json()["up"] == 1
+            missing = await query.get("/api/v1/items/song-none", params=params, timeout=10)
+            assert missing.status_code == 404
+            assert missing.json()["type"] == "/problems/unknown-item"
