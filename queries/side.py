@@ -5,8 +5,7 @@ the PostgreSQL read models otherwise. It follows the projector's change notices 
 position Redis reflects, which is when cached pages go stale and what `min_position` waits for.
 `respond` turns a read into an HTTP answer: from the page cache or afresh (identical reads in
 flight share one), never below a position this server has already answered with, waiting for
-`min_position` (woken by the store's progress, never polling per request) or refusing it, with an
-ETag.
+`min_position` (woken by the store's progress, never per request) or refusing it, with an ETag.
 """
 
 from __future__ import annotations
@@ -48,9 +47,8 @@ _HEAD_GRACE = 1.0
 _REDIS_WAIT = 0.5  # a waiter on Redis reads it again at least this often (a notice may be lost)
 _POSTGRES_POLL = 0.1  # how often one task per process reads PostgreSQL's position for waiters
 
-# The body `produce` gives for "there is no such thing as of this position": it honours
-# min_position like any answer (a client that just created the thing waits for the read model to
-# reflect it), and `respond` then returns None for the caller to answer 404.
+# What `produce` gives for "no such thing as of this position": it honours min_position like any
+# answer (whoever just created it waits for the read model), then `respond` returns None (404).
 NOTHING = b"\x00nothing"
 _READS = {source: QUERY_READS.labels(source) for source in ("redis", "postgres")}
 Produced = tuple[str, bytes, int]  # the source that answered, the body, the position it reflects
@@ -85,13 +83,10 @@ class ReadSide:
         # A bounded pool: requests wait their turn for a connection. Unbounded, a burst of a
         # thousand reads opened a thousand connections, whose connects timed out on a busy
         # machine and sent every read to the slower fallback, which made the machine busier.
+        short = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5, "client_name": name}
+        # (+4: the follower's refreshes)
         self.client = redis_client.connect(
-            settings,
-            max_connections=_REDIS_CONNECTIONS + 4,  # and the follower's refreshes
-            timeout=_REDIS_POOL_WAIT,
-            socket_timeout=0.5,
-            socket_connect_timeout=0.5,
-            client_name=name,
+            settings, max_connections=_REDIS_CONNECTIONS + 4, timeout=_REDIS_POOL_WAIT, **short
         )
         self.blocking = redis_client.connect(
             settings, socket_timeout=30, socket_connect_timeout=0.5, client_name=name
@@ -137,8 +132,7 @@ class ReadSide:
         await self.pool.close()
 
     async def readiness(self) -> dict[str, Any]:
-        """Ready while a read model can answer: Redis, or else PostgreSQL (the fallback). A
-        replica behind PostgreSQL's read-only service may be away while Redis serves."""
+        """Ready while a read model can answer: Redis, or else PostgreSQL (the fallback)."""
         if not self.redis_usable():
             async with self.pool.connection(timeout=2.0) as conn:
                 await conn.execute("SELECT 1")
@@ -286,8 +280,8 @@ class ReadSide:
     # --- answers ------------------------------------------------------------------------------
 
     async def respond(self, key: Hashable, produce: Produce, ask: Ask) -> Response | None:
-        """Serve from cache or produce the body; honour min_position; add validators. None when
-        the answer, as of the position asked for, is NOTHING (never cached).
+        """Serve from cache or produce the body; honour min_position; add validators (None for
+        NOTHING, never cached).
 
         Never answers with a position below one this server has already answered with (which
         could happen when falling back to PostgreSQL, a little behind Redis): such an answer
