@@ -75,6 +75,18 @@ def _tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
+def _run_step(stack: ExitStack, what: str, cmd: list[str], logfile: Path, **kw: Any) -> None:
+    """Run a setup command (initdb, pg_basebackup) to completion; DevstackError if it fails."""
+    proc = _spawn(cmd, logfile, **kw)
+    stack.callback(stop_all, [proc], signal.SIGTERM, 5.0)  # only matters if hung
+    try:
+        rc = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        rc = -1
+    if rc != 0:
+        raise DevstackError(f"{what} failed (exit {rc}):\n{_tail(logfile)}")
+
+
 def _spawn(
     cmd: list[str], logfile: Path, lifeline: signal.Signals = signal.SIGTERM, **kw: Any
 ) -> subprocess.Popen[bytes]:
@@ -222,14 +234,7 @@ def _start_pg(stack: ExitStack, fast: bool) -> str:
     initdb = [str(bindir / "initdb"), "-D", str(data), *flags]
     if "--no-instructions" in _output([initdb[0], "--help"]):  # PostgreSQL >= 13
         initdb.append("--no-instructions")
-    init = _spawn(initdb, logfile, cwd=data, **as_owner)
-    stack.callback(stop_all, [init], signal.SIGTERM, 5.0)  # only matters if hung
-    try:
-        rc = init.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        rc = -1
-    if rc != 0:
-        raise DevstackError(f"initdb failed (exit {rc}):\n{_tail(logfile)}")
+    _run_step(stack, "initdb", initdb, logfile, cwd=data, **as_owner)
 
     port = _free_port()
     settings = ["max_connections=300", "shared_buffers=256MB"]
@@ -358,14 +363,7 @@ def start_pg_standby(
     backup = [str(bindir / "pg_basebackup"), "-h", parts.hostname or "127.0.0.1"]
     backup += ["-p", str(parts.port or 5432), "-U", parts.username or "postgres"]
     backup += ["-D", str(data), "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]
-    copy = _spawn(backup, logfile, cwd=data, **as_owner)
-    stack.callback(stop_all, [copy], signal.SIGTERM, 5.0)  # only matters if hung
-    try:
-        rc = copy.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        rc = -1
-    if rc != 0:
-        raise DevstackError(f"pg_basebackup failed (exit {rc}):\n{_tail(logfile)}")
+    _run_step(stack, "pg_basebackup", backup, logfile, cwd=data, **as_owner)
     port = _free_port()
     cmd = [str(bindir / "postgres"), "-D", str(data), "-k", str(data)]
     cmd += ["-h", "127.0.0.1", "-p", str(port)]

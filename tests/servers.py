@@ -72,21 +72,31 @@ def uvicorn_server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{factory} did not start (exit code {proc.poll()})")
-            time.sleep(0.1)
+        wait_serving(f"{url}/healthz", proc, factory)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
+
+
+def wait_serving(url: str, proc: subprocess.Popen[bytes], what: str, within: float = 20) -> None:
+    """Until `url` answers 200; RuntimeError if `proc` exits or `within` seconds pass first."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start (exit code {proc.poll()})")
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """Stop a child process by its PID: SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -18,7 +18,7 @@ import psycopg
 
 from infra.settings import Settings
 from tests.integration.conftest import Agent
-from tests.servers import settings_env
+from tests.servers import settings_env, stop
 
 T = TypeVar("T")
 # Nothing listens on port 1 of the loopback: a Redis there refuses every connection at once.
@@ -43,12 +43,7 @@ def projector(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
 
 
 def wait_until(what: str, check: Callable[[], T | None], within: float = 20.0) -> T:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -25,7 +24,7 @@ from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
 from tests.deploy.test_monitoring import TARGET_LABELS, missing_report, referenced
 from tests.integration.conftest import new_agent, new_item
 from tests.integration.stall_support import eventually, insert_as_owner
-from tests.servers import free_port, settings_env, uvicorn_server
+from tests.servers import free_port, settings_env, stop, uvicorn_server, wait_serving
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,22 +46,10 @@ def projector(settings: Settings) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/metrics", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the projector did not start (exit code {proc.poll()})")
-            time.sleep(0.1)
+        wait_serving(f"{url}/metrics", proc, "the projector")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
 
 
 async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, list[dict[str, str]]]:

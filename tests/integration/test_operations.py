@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from infra.settings import Settings
 from tests.integration.conftest import Agent, command_api, new_agent, new_item
 from tests.integration.projection_support import worker_process
+from tests.integration.stall_support import eventually
 from tests.servers import free_port, settings_env, uvicorn_server
 
 VOTE_ROUTE = "/api/v1/vote"
@@ -262,7 +263,7 @@ async def test_sigterm_drains_votes_in_flight(isolated: Settings) -> None:
                 )
                 for c, i in zip(clients, items, strict=True)
             ]
-            await _until(lambda: _waiting_appends(isolated) > 0)
+            await eventually(lambda: _waiting_appends(isolated), within=20)
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(1.0)
             assert proc.returncode is None, "it exited with votes in flight"
@@ -297,20 +298,16 @@ async def _votes_ready(
     return agent, items, clients
 
 
-def _waiting_appends(settings: Settings) -> int:
-    with psycopg.connect(settings.database_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE usename = 'voteledger_command' AND wait_event_type = 'Lock'"
+async def _waiting_appends(settings: Settings) -> int:
+    """Command-role sessions waiting for a lock (the appends held behind the test's)."""
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE usename = 'voteledger_command' AND wait_event_type = 'Lock'"
+            )
         ).fetchone()
     return int(row[0]) if row else 0
-
-
-async def _until(check: Callable[[], int], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def _status(client: httpx.AsyncClient, path: str) -> int:

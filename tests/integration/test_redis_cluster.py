@@ -46,6 +46,7 @@ from tests.integration.projection_support import (
     vote_load,
     wait_caught_up,
 )
+from tests.servers import stop
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -102,13 +103,7 @@ def cluster_node() -> Iterator[str]:
             client.close()
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
