@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && \
 	  $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' -e clients/python
 	@touch $(STAMP)
 
 ## run: the whole stack on this machine, supervised (throwaway PostgreSQL/Redis unless DATABASE_URL/REDIS_URL reach servers)
