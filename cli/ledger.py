@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import JsonOpt, console, err, settings
-from events import partitions
+from events import partitions, store
 from infra.migrate import MigrationError, migrate
 
 partitions_app = typer.Typer(help="Event table partitions.", no_args_is_help=True)
@@ -23,6 +23,8 @@ def migrate_command() -> None:
     config = settings()
     try:
         applied = migrate(config.database_url, config.db_password)
+        with psycopg.connect(config.database_url) as conn:
+            empty = store.is_empty(conn)
     except MigrationError as exc:
         err.print(f"[red]migration refused:[/] {exc}")
         raise typer.Exit(1)
@@ -32,6 +34,11 @@ def migrate_command() -> None:
     for name in applied:
         console.print(f"applied {name}")
     console.print("schema is up to date" if not applied else f"{len(applied)} migration(s) applied")
+    if empty:
+        console.print(
+            "the ledger is empty: `make demo` runs the stack with a seeded demo catalogue and live "
+            "votes (or run `voteledger seed --demo` once)"
+        )
 
 
 @partitions_app.command("ensure")

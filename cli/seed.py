@@ -22,6 +22,7 @@ from typing import Annotated
 import psycopg
 import typer
 
+from cli import names
 from cli.common import console, settings
 from cli.progress import counting
 from commands.agents import copy_agents
@@ -51,8 +52,13 @@ Item = tuple[str, ItemType, str]
 
 
 def _items(plan: SeedPlan, run: str) -> list[Item]:
+    """Three songs to one tool, with plausible titles."""
+    rng = random.Random(plan.seed)
+    songs, tools = names.song_titles(rng), names.tool_titles(rng)
     return [
-        (f"{'song' if i % 4 else 'tool'}-{run}-{i}", "song" if i % 4 else "tool", f"Item {i}")
+        (f"song-{run}-{i}", "song", next(songs))
+        if i % 4
+        else (f"tool-{run}-{i}", "tool", next(tools))
         for i in range(plan.items)
     ]
 
@@ -149,23 +155,43 @@ def _counting(
     progress(n % every)
 
 
+# `--demo`: enough for the chart page to mean something, seeded in about a second.
+DEMO = SeedPlan(agents=500, items=120, votes=4_000, days=14)
+
+
 def seed_command(
     agents: Annotated[int, typer.Option(min=1, help="Agents to register")] = 100,
     items: Annotated[int, typer.Option(min=1, help="Items to list (3 songs to 1 tool)")] = 1000,
     votes: Annotated[int, typer.Option(min=0, help="Vote events to record")] = 10_000,
     days: Annotated[float, typer.Option(min=0.0, help="Spread vote times over this many days")] = 7,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same data)")] = 0,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help=f"A small catalogue for the chart page ({DEMO.agents} agents, {DEMO.items} "
+            f"items, {DEMO.votes:,} votes over {DEMO.days:g} days); overrides the sizes",
+        ),
+    ] = False,
+    if_empty: Annotated[
+        bool, typer.Option("--if-empty", help="Seed only a ledger that holds no event yet")
+    ] = False,
 ) -> None:
     """Write demo/benchmark data as real ledger events (bulk, in one transaction)."""
     plan = SeedPlan(agents=agents, items=items, votes=votes, days=days, seed=seed)
+    if demo:
+        plan = SeedPlan(DEMO.agents, DEMO.items, DEMO.votes, DEMO.days, seed)
     started = time.perf_counter()
-    with (
-        psycopg.connect(settings().database_url) as conn,
-        counting("seeding", "events", agents + items + votes) as bar,
-    ):
-        count = write(conn, plan, progress=bar.advance)
+    with psycopg.connect(settings().database_url) as conn:
+        if if_empty and not store.is_empty(conn):
+            console.print("the ledger already holds events: not seeding")
+            return
+        total = plan.agents + plan.items + plan.votes
+        with counting("seeding", "events", total) as bar:
+            count = write(conn, plan, progress=bar.advance)
     elapsed = time.perf_counter() - started
     console.print(
-        f"seeded {count:,} events ({agents:,} agents, {items:,} items, {votes:,} votes over "
-        f"{days:g} days) in {elapsed:.1f} s, {count / max(elapsed, 1e-9):,.0f} events/s"
+        f"seeded {count:,} events ({plan.agents:,} agents, {plan.items:,} items, "
+        f"{plan.votes:,} votes over {plan.days:g} days) in {elapsed:.1f} s, "
+        f"{count / max(elapsed, 1e-9):,.0f} events/s"
     )

@@ -1,6 +1,6 @@
 """Local dev/test stack launcher: throwaway PostgreSQL + Redis around a command.
 
-    python -m devtools.devstack exec  [--fast] -- CMD ARGS...      # e.g. make test
+    python -m devtools.devstack exec  [--fast] [--browser] -- CMD ARGS...  # e.g. make test
     python -m devtools.devstack serve [--fast] -- 'CMD1' 'CMD2'...  # e.g. make run
 
 DATABASE_URL / REDIS_URL from the environment are used when reachable; otherwise
@@ -143,6 +143,19 @@ def _apt_install(package: str) -> bool:
     except subprocess.CalledProcessError as e:
         raise DevstackError(f"apt-get failed installing {package}: {e}") from e
     return True
+
+
+def ensure_browser() -> None:
+    """Debian's chromium for the browser tests: installed when missing and we may (root, apt)."""
+    if shutil.which("chromium"):
+        return
+    try:
+        installed = _apt_install("chromium")
+    except DevstackError as e:
+        log(f"warning: {e}")
+        installed = False
+    if not installed:
+        log("warning: no chromium; the browser tests will be skipped (apt-get install chromium)")
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -481,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("mode", choices=["exec", "serve"])
     parser.add_argument("--fast", action="store_true", help="no PG durability (tests)")
+    parser.add_argument(
+        "--browser", action="store_true", help="exec: install Debian's chromium if missing"
+    )
     parser.add_argument("--setup", help="serve: a command to run to completion first")
     parser.add_argument(
         "--announce", default="", help="serve: text to print once up; {VAR} is replaced from env"
@@ -498,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     try:
         if ns.mode == "exec":
+            if ns.browser:
+                ensure_browser()
             return run_exec(argvs[0], ns.fast)
         setup = shlex.split(ns.setup) if ns.setup else None
         with services(ns.fast) as svc:

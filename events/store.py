@@ -192,6 +192,12 @@ SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0), pg_current_xa
 _HEAD = "SELECT coalesce(pg_sequence_last_value('events_position_seq'), 0)"
 
 
+def is_empty(conn: psycopg.Connection) -> bool:
+    """No event was ever appended (the CLI's hint to seed a demo)."""
+    row = conn.execute(_HEAD).fetchone()
+    return not row or int(row[0]) == 0
+
+
 async def head(conn: psycopg.AsyncConnection) -> int:
     """The last position drawn (committed or not): the head of the ledger."""
     row = await (await conn.execute(_HEAD)).fetchone()
