@@ -135,6 +135,19 @@ class AgentOut(BaseModel):
     position: int
 
 
+class RateLimitOut(BaseModel):
+    per_second: float = Field(description="Votes refilled per second")
+    burst: int = Field(description="Votes that may be cast at once after a pause")
+    remaining: int = Field(description="Votes that would be accepted right now")
+    reset_seconds: float = Field(description="Seconds until the whole burst is available again")
+
+
+class AgentMeOut(BaseModel):
+    agent_id: uuid.UUID
+    name: str
+    rate_limit: RateLimitOut = Field(description="The vote rate limit; reading it costs no vote")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details."""
 

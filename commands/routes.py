@@ -1,5 +1,6 @@
-"""The command API's routes: the operator's (register and revoke agents, list items) and the
-service endpoints. Each calls one function. Votes never get here: see commands/vote.py."""
+"""The command API's routes: the operator's (register and revoke agents, list items), the agent's
+own profile, and the service endpoints. Each calls one function. Votes never get here: see
+commands/vote.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import hmac
 import uuid
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import Response
+from psycopg_pool import AsyncConnectionPool
+from starlette.responses import HTMLResponse, Response
 
 from commands import agents, catalogue
-from commands.models import AgentIn, AgentOut, ItemIn, ItemOut
+from commands.models import AgentIn, AgentMeOut, AgentOut, ItemIn, ItemOut, RateLimitOut
+from commands.ratelimit import RateLimiter
 from commands.vote import bearer
 from infra.metrics import metrics_response
 from infra.problems import Problem
@@ -59,6 +62,48 @@ async def revoke_agent(agent_id: uuid.UUID, request: Request) -> Response:
     return Response(status_code=204)
 
 
+# Read afresh, never from the key cache: a revoked key must answer 403 here at once.
+_AGENT_PROFILE = "SELECT agent_id, name, revoked_at IS NOT NULL FROM agents WHERE key_digest = %s"
+
+
+async def _agent_profile(
+    pool: AsyncConnectionPool, authorization: str | None
+) -> tuple[uuid.UUID, str]:
+    """An API key's agent and its name: 401 for no or an unknown key, 403 once revoked."""
+    digest = agents.key_digest(bearer(authorization))
+    async with pool.connection() as conn:
+        row = await (await conn.execute(_AGENT_PROFILE, (digest,))).fetchone()
+    if row is None:
+        raise Problem(
+            401, "unknown API key", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if row[2]:
+        raise Problem(403, "this API key has been revoked", slug="revoked")
+    return row[0], row[1]
+
+
+@router.get(
+    "/api/v1/agents/me",
+    response_model=AgentMeOut,
+    summary="The calling agent (by its API key) and its vote rate limit",
+    description="Reading the rate limit costs no vote. 401 for a missing or unknown key, 403 "
+    "once it is revoked. The RateLimit-Policy and RateLimit headers are those of a vote.",
+)
+async def agent_me(request: Request, response: Response) -> AgentMeOut:
+    state = request.app.state
+    agent_id, name = await _agent_profile(state.pool, request.headers.get("authorization"))
+    limiter: RateLimiter = state.limiter
+    decision = await limiter.peek(str(agent_id))
+    response.headers.update(limiter.headers(decision))
+    rate_limit = RateLimitOut(
+        per_second=limiter.rate,
+        burst=limiter.burst,
+        remaining=decision.remaining,
+        reset_seconds=round(decision.reset, 3),
+    )
+    return AgentMeOut(agent_id=agent_id, name=name, rate_limit=rate_limit)
+
+
 @router.post(
     "/api/v1/items",
     response_model=ItemOut,
@@ -74,6 +119,22 @@ async def create_item(body: ItemIn, request: Request) -> ItemOut:
     except catalogue.AlreadyExists:
         raise Problem(409, f"item {body.item_id!r} already exists", slug="duplicate-item")
     return ItemOut(**body.model_dump(), position=position)
+
+
+_HOME = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>voteledger command API</title></head>
+<body><h1>voteledger command API</h1>
+<p>Agents vote on songs and tools here. The HTTP API is described at
+<a href="/docs">/docs</a> (<a href="/openapi.json">OpenAPI document</a>).</p>
+<p>MCP clients connect to <code>/mcp</code> (streamable HTTP) with
+<code>Authorization: Bearer &lt;API key&gt;</code>.</p>
+</body></html>
+"""
+
+
+@router.get("/", include_in_schema=False)
+async def home() -> HTMLResponse:
+    return HTMLResponse(_HOME)
 
 
 @router.get("/healthz", include_in_schema=False)

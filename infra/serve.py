@@ -35,8 +35,9 @@ from uvicorn.supervisors import Multiprocess
 from infra import logs
 from infra.settings import Settings, get_settings
 
-# Named, not imported: infra imports nothing above it (the apps are loaded by uvicorn).
-APPS = {"commands": "commands.app:create_app", "queries": "queries.app:create_app"}
+# Named, not imported: infra imports nothing above it (the apps are loaded by uvicorn). The command
+# API is served with the agents' MCP tools mounted at /mcp (mcp_tools/app.py).
+APPS = {"commands": "mcp_tools.app:create_app", "queries": "queries.app:create_app"}
 
 
 class GuardedProtocol(HttpToolsProtocol):

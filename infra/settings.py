@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -94,6 +96,8 @@ class Settings:
     redis_sentinels: tuple[tuple[str, int], ...] = ()
     redis_sentinel_master: str = "voteledger"
     redis_sentinel_password: str = ""
+    # The query API as the command API's MCP tools reach it for reads (mcp_tools/).
+    query_url: str = "http://127.0.0.1:8001"
 
     @property
     def development(self) -> bool:
@@ -155,6 +159,7 @@ class Settings:
             header_timeout_seconds=_float(env, "VOTELEDGER_HEADER_TIMEOUT_SECONDS", 10.0, 0.1),
             body_timeout_seconds=_float(env, "VOTELEDGER_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
             max_connections=_int(env, "VOTELEDGER_MAX_CONNECTIONS", 2000, 1),
+            query_url=api_url(env, "VOTELEDGER_QUERY_URL", "VOTELEDGER_QUERY_PORT", 8001),
             **_operations(env, mode),
         )
 
@@ -202,6 +207,17 @@ def _sentinels(env: dict[str, str], name: str) -> tuple[tuple[str, int], ...]:
             raise SettingsError(f"{name}: {entry!r} is not host:port")
         found.append((host.strip("[]"), int(port)))
     return tuple(found)
+
+
+def api_url(env: Mapping[str, str], name: str, port_name: str, port: int) -> str:
+    """The base URL of one of the APIs (no trailing slash); by default on this host, at the port
+    the variable `port_name` gives. Also read by `voteledger mcp`, which has no other settings."""
+    default = f"http://127.0.0.1:{_int(dict(env), port_name, port, 1)}"
+    url = (env.get(name) or default).strip().rstrip("/")
+    split = urlsplit(url)
+    if split.scheme not in ("http", "https") or not split.hostname or split.query:
+        raise SettingsError(f"{name}: {url!r} is not an http(s) URL such as http://host:8001")
+    return url
 
 
 def _origins(env: dict[str, str], name: str, default: str) -> tuple[str, ...]:

@@ -208,6 +208,9 @@ def _serves(command: list[str], path: str) -> bool:
     """Whether the process a command starts answers GET `path`."""
     if _program(command) in serve.APPS:
         package = serve.APPS[_program(command)].split(".")[0]
+        # The command API is served with the MCP tools mounted (mcp_tools/app.py): its routes
+        # are still commands/routes.py's.
+        package = {"mcp_tools": "commands"}.get(package, package)
         return f'@router.get("{path}"' in (ROOT / package / "routes.py").read_text()
     # The projector's metrics server: prometheus_client's handler, and /healthz.
     return f'"{path}"' in inspect.getsource(readmodels._Handler)
