@@ -19,7 +19,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from projections import generations
 from projections.postgres_store import schema
-from queries.shapes import Cursor, Detail, Entry, ListQuery, Page, display
+from queries.shapes import (
+    Cursor,
+    Detail,
+    Entry,
+    ItemDaily,
+    ListQuery,
+    Page,
+    daily_series,
+    display,
+)
 
 _SCORE_COLUMN = {"top": "net", "confidence": "wilson", "trending": "trend", "daily": "net"}
 
@@ -56,6 +65,14 @@ SELECT i.item_type, i.title, i.up, i.down, i.net, i.wilson, i.trend,
   d.net
 FROM {schema}.items AS i
 LEFT JOIN {schema}.daily AS d ON d.item_id = i.item_id AND d.day = %(day)s
+WHERE i.item_id = %(item_id)s
+"""
+# The item's row alone when it gained nothing on those days; none for an unknown item. One index
+# probe per day: (day, item_id) is the daily table's key.
+_SERIES = """
+SELECT d.day, d.net
+FROM {schema}.items AS i
+LEFT JOIN {schema}.daily AS d ON d.item_id = i.item_id AND d.day = ANY(%(days)s)
 WHERE i.item_id = %(item_id)s
 """
 
@@ -132,6 +149,17 @@ class PostgresReader:
         if row is None:
             return None, watermark
         return self._detail(item_id, row, epoch, now), watermark
+
+    async def daily(self, item_id: str, days: list[date]) -> tuple[ItemDaily | None, int]:
+        """An item's net votes on each of `days`, or None if unknown."""
+        async with self._snapshot() as (conn, generation):
+            params = {"item_id": item_id, "days": days}
+            rows = await (await conn.execute(_statement(_SERIES, generation), params)).fetchall()
+            watermark, _ = await self._position(conn, generation)
+        if not rows:
+            return None, watermark
+        nets = {day: net for day, net in rows if day is not None}
+        return daily_series(item_id, days, nets), watermark
 
     def _detail(self, item_id: str, row: Row, epoch: float | None, now: float) -> Detail:
         item_type, title, up, down, net, wilson, trend, r_top, r_trend, r_daily, daily = row

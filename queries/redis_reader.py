@@ -1,5 +1,5 @@
-"""The Redis reader: one Lua call per page (`page.lua`) or item (`item.lua`), each returning the
-watermark the data reflects, and the contracts of those calls.
+"""The Redis reader: one Lua call per page (`page.lua`), item (`item.lua`) or item's daily series
+(`series.lua`), each returning the watermark the data reflects, and the contracts of those calls.
 
 Each script takes one JSON map and returns one, both msgspec Structs here, so either side can change
 without counting positions. Scores cross as the strings Redis stores (exact doubles), converted
@@ -19,7 +19,17 @@ from redis.commands.core import AsyncScript
 from events.types import ItemType
 from infra import scripts
 from projections.redis_store import meta_key, namespace
-from queries.shapes import Cursor, Detail, Entry, ListQuery, NotReady, Page, display
+from queries.shapes import (
+    Cursor,
+    Detail,
+    Entry,
+    ItemDaily,
+    ListQuery,
+    NotReady,
+    Page,
+    daily_series,
+    display,
+)
 
 
 class PageArgs(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -81,7 +91,20 @@ class ItemReply(msgspec.Struct, frozen=True):
     item: FoundItem | None = None
 
 
+class SeriesArgs(msgspec.Struct, frozen=True):
+    item_id: str
+    days: list[date]
+
+
+class SeriesReply(msgspec.Struct, frozen=True):
+    watermark: str
+    live: bool
+    head: str | None = None
+    nets: list[str] | None = None  # one per day asked; absent for an unknown item
+
+
 _encoder = msgspec.json.Encoder()
+_series_reply = msgspec.json.Decoder(SeriesReply)
 _page_reply = msgspec.json.Decoder(PageReply)
 _item_reply = msgspec.json.Decoder(ItemReply)
 
@@ -98,6 +121,7 @@ class RedisReader:
         self.head = 0  # the highest ledger head the projector has written with its checkpoint
         self._page = scripts.load(client, "queries", "page.lua")
         self._item = scripts.load(client, "queries", "item.lua")
+        self._series = scripts.load(client, "queries", "series.lua")
 
     async def page(self, generation: int, query: ListQuery, now: float) -> Page:
         cursor = query.after(generation)
@@ -131,6 +155,19 @@ class RedisReader:
         if reply.item is None:
             return None, int(reply.watermark)
         return self._detail(item_id, reply.item, _epoch(reply.epoch), now), int(reply.watermark)
+
+    async def daily(
+        self, generation: int, item_id: str, days: list[date]
+    ) -> tuple[ItemDaily | None, int]:
+        """An item's net votes on each of `days` (all kept in Redis), or None if unknown."""
+        raw = await self._call(self._series, generation, SeriesArgs(item_id, days))
+        reply = _series_reply.decode(raw)
+        self._saw_head(reply.head)
+        _check_live(reply.live)
+        if reply.nets is None:
+            return None, int(reply.watermark)
+        nets = {day: int(float(net)) for day, net in zip(days, reply.nets, strict=True)}
+        return daily_series(item_id, days, nets), int(reply.watermark)
 
     def _detail(self, item_id: str, found: FoundItem, epoch: float | None, now: float) -> Detail:
         daily = int(float(found.daily_net)) if found.daily_net is not None else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -29,12 +29,22 @@ from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, ItemType
 from infra.metrics import metrics_response
 from infra.openapi import json_response
 from infra.problems import Problem
-from queries.shapes import BadCursor, DetailAt, ListName, ListQuery, Page, StaleCursor
-from queries.side import NOT_YET_STATUS, NOTHING, Ask, Produced, ReadSide
+from queries.answers import NOT_YET_STATUS
+from queries.shapes import (
+    BadCursor,
+    DetailAt,
+    ItemDailyAt,
+    ListName,
+    ListQuery,
+    Page,
+    StaleCursor,
+)
+from queries.side import NOTHING, Ask, Produced, ReadSide
 from queries.stream import Listener, StreamFull, StreamHub, change_events
 
 MAX_WAIT_MS = 5000
 MAX_POSITION = 2**62
+MAX_SERIES_DAYS = 90
 
 _encoder = msgspec.json.Encoder()
 
@@ -97,6 +107,18 @@ _ITEM_DOC: dict[str, Any] = {
     "responses": {
         200: json_response(DetailAt, "The item", headers=_HEADERS),
         304: _NOT_MODIFIED,
+        **_POSITION_ERRORS,
+    },
+}
+_DAILY_DOC: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {
+        200: json_response(ItemDailyAt, "The item's net votes per day", headers=_HEADERS),
+        304: _NOT_MODIFIED,
+        404: {
+            "description": "No such item (problem type /problems/unknown-item)",
+            "content": _PROBLEM,
+        },
         **_POSITION_ERRORS,
     },
 }
@@ -207,6 +229,40 @@ async def item(
     ask: Asked,
 ) -> Response:
     return await answer_item(side, item_id, ask)
+
+
+async def answer_daily(side: ReadSide, item_id: str, count: int, ask: Ask) -> Response:
+    """An item's net votes on each of the last `count` UTC days, today included; 404 if unknown."""
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=back) for back in range(count - 1, -1, -1)]
+
+    async def produce() -> Produced:
+        source, found, position = await side.daily(item_id, days)
+        if found is None:
+            return source, NOTHING, position
+        return source, _encoder.encode(ItemDailyAt(item_id, found.days, position)), position
+
+    response = await side.respond(("series", item_id, count, today), produce, ask)
+    if response is None:
+        raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
+    return response
+
+
+@router.get(
+    "/api/v1/items/{item_id}/daily",
+    summary="One item's net votes per UTC day, oldest first, ending today",
+    **_DAILY_DOC,
+)
+async def item_daily(
+    *,
+    side: Side,
+    item_id: ItemId,
+    days: Annotated[
+        int, Query(ge=1, le=MAX_SERIES_DAYS, description="How many days, today included")
+    ] = 30,
+    ask: Asked,
+) -> Response:
+    return await answer_daily(side, item_id, days, ask)
 
 
 def _hub(connection: HTTPConnection) -> StreamHub:

@@ -168,3 +168,26 @@ def display(name: str, stored: float, epoch: float | None, now: float, half_life
     if name == "trending":
         return decayed(stored, epoch or now, now, half_life)
     return stored
+
+
+class DayNet(msgspec.Struct, frozen=True):
+    day: date = msgspec.field(name="date")  # a UTC day
+    net: int  # net votes gained that day
+
+
+class ItemDaily(msgspec.Struct, frozen=True):
+    """An item's net votes per UTC day, oldest first, every day listed (0 when none)."""
+
+    item_id: str
+    days: list[DayNet]
+
+
+class ItemDailyAt(ItemDaily, frozen=True):
+    """An item's daily series with the ledger position it reflects: the endpoint's body."""
+
+    position: int
+
+
+def daily_series(item_id: str, days: list[date], nets: dict[date, int]) -> ItemDaily:
+    """The series of `days`, a day with no stored net counting 0."""
+    return ItemDaily(item_id, [DayNet(day, nets.get(day, 0)) for day in days])

@@ -17,22 +17,29 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.responses import Response
 
 from infra import redis_client
 from infra.db import pool_for
-from infra.metrics import QUERY_READS
 from infra.problems import Problem
 from infra.settings import Settings
 from projections import generations
 from projections.redis_store import changes_key
+from queries.answers import not_issued, not_yet, response
 from queries.cache import Cached, PageCache, Url
 from queries.postgres_reader import PostgresReader
 from queries.progress import Progress, Watched
 from queries.redis_reader import RedisReader
-from queries.shapes import Detail, ListQuery, Page, is_unavailable, raise_unless_unavailable
+from queries.shapes import (
+    Detail,
+    ItemDaily,
+    ListQuery,
+    Page,
+    is_unavailable,
+    raise_unless_unavailable,
+)
 
 log = logging.getLogger("voteledger.queries")
 
@@ -50,9 +57,9 @@ _POSTGRES_POLL = 0.1  # how often one task per process reads PostgreSQL's positi
 # What `produce` gives for "no such thing as of this position": it honours min_position like any
 # answer (whoever just created it waits for the read model), then `respond` returns None (404).
 NOTHING = b"\x00nothing"
-_READS = {source: QUERY_READS.labels(source) for source in ("redis", "postgres")}
 Produced = tuple[str, bytes, int]  # the source that answered, the body, the position it reflects
 Produce = Callable[[], Awaitable[Produced]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,35 +221,50 @@ class ReadSide:
         entry = self.cached(key) if key is not None else None
         return entry if entry is not None and entry.position >= self.served else None
 
-    async def page(self, query: ListQuery) -> tuple[str, Page]:
-        now = time.time()
-        if self.redis_usable() and not self._too_old_for_redis(query.day):
+    async def read(
+        self,
+        from_redis: Callable[[int], Awaitable[tuple[T, int]]],
+        from_postgres: Callable[[], Awaitable[tuple[T, int]]],
+        oldest: date | None = None,
+    ) -> tuple[str, T, int]:
+        """A read of Redis (given the generation) while it is usable and still keeps the day
+        `oldest`, else of PostgreSQL: the source, the value and the position it reflects."""
+        if self.redis_usable() and not self._too_old_for_redis(oldest):
             try:
                 async with self._redis_turn():
-                    page = await self.redis.page(self.redis_generation, query, now)
-                self.moved(page.position)  # older cached pages must not answer after this one
-                return "redis", page
+                    value, position = await from_redis(self.redis_generation)
+                self.moved(position)  # older cached pages must not answer after this one
+                return "redis", value, position
             except Exception as exc:
                 self._fall_back(exc)  # a BadCursor or a script error is raised, not fallen back
-        page = await self.postgres.page(query, now)
-        self.postgres_progress.moved(page.position)
-        return "postgres", page
+        value, position = await from_postgres()
+        self.postgres_progress.moved(position)
+        return "postgres", value, position
+
+    async def page(self, query: ListQuery) -> tuple[str, Page]:
+        now = time.time()
+        source, page, _ = await self.read(
+            lambda generation: _positioned(self.redis.page(generation, query, now)),
+            lambda: _positioned(self.postgres.page(query, now)),
+            query.day,
+        )
+        return source, page
 
     async def detail(self, item_id: str, today: date) -> tuple[str, Detail | None, int]:
         now = time.time()
-        if self.redis_usable():
-            try:
-                async with self._redis_turn():
-                    found, position = await self.redis.detail(
-                        self.redis_generation, item_id, today, now
-                    )
-                self.moved(position)
-                return "redis", found, position
-            except Exception as exc:
-                self._fall_back(exc)
-        found, position = await self.postgres.detail(item_id, today, now)
-        self.postgres_progress.moved(position)
-        return "postgres", found, position
+        return await self.read(
+            lambda generation: self.redis.detail(generation, item_id, today, now),
+            lambda: self.postgres.detail(item_id, today, now),
+        )
+
+    async def daily(self, item_id: str, days: list[date]) -> tuple[str, ItemDaily | None, int]:
+        """An item's net votes on each of `days` (oldest first): from Redis while it keeps the
+        oldest of them, else from PostgreSQL, which keeps every day."""
+        return await self.read(
+            lambda generation: self.redis.daily(generation, item_id, days),
+            lambda: self.postgres.daily(item_id, days),
+            days[0],
+        )
 
     @contextlib.asynccontextmanager
     async def _redis_turn(self) -> AsyncIterator[None]:
@@ -304,7 +326,7 @@ class ReadSide:
             return None
         if source == "redis" and ask.min_position is None and ask.url is not None:
             self.cache.remember_url(ask.url, key)
-        return _response(entry, source, ask.if_none_match)
+        return response(entry, source, ask.if_none_match)
 
     async def _entry(self, key: Hashable, produce: Produce) -> tuple[str, Cached]:
         """The cached answer, or a fresh one; identical reads in flight share one (single-flight),
@@ -348,9 +370,9 @@ class ReadSide:
             if head and wanted > head:
                 wait = min(wait, _HEAD_GRACE)
                 if elapsed >= wait:
-                    raise _not_issued(wanted, head)
+                    raise not_issued(wanted, head)
             if elapsed >= wait:
-                raise _not_yet(position, wanted)
+                raise not_yet(position, wanted)
             return wanted, wait - elapsed
         if position < self.served and elapsed < _FLOOR_WAIT:
             return self.served, _FLOOR_WAIT - elapsed
@@ -366,35 +388,6 @@ class ReadSide:
             await self.postgres_progress.wait_for(position, seconds)
 
 
-NOT_YET_STATUS = 425  # Too Early: retry later; a 4xx, as the client asked for the future
-
-
-def _not_issued(wanted: int, head: int) -> Problem:
-    return Problem(
-        422,
-        f"position {wanted} has not been issued yet; the ledger head is {head}",
-        slug="not-issued",
-        headers={"X-Ledger-Head": str(head)},
-    )
-
-
-def _not_yet(position: int, wanted: int) -> Problem:
-    return Problem(
-        NOT_YET_STATUS,
-        f"the read models reflect position {position}, not yet {wanted}",
-        slug="not-yet",
-        headers={"Retry-After": "1", "X-Ledger-Position": str(position)},
-    )
-
-
-def _response(entry: Cached, source: str, if_none_match: str | None) -> Response:
-    _READS[source].inc()
-    headers = {
-        "ETag": entry.etag,
-        "X-Ledger-Position": str(entry.position),
-        "X-Read-Model": source,
-        "Cache-Control": "public, no-cache",
-    }
-    if if_none_match == entry.etag:
-        return Response(status_code=304, headers=headers)
-    return Response(entry.body, headers=headers, media_type="application/json")
+async def _positioned(read: Awaitable[Page]) -> tuple[Page, int]:
+    page = await read
+    return page, page.position
