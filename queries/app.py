@@ -1,4 +1,5 @@
-"""The query API (port 8001): rankings, item detail and a live stream, from projections only.
+"""The query API (port 8001): rankings, item detail and a live stream, from projections only; and
+the live chart page at `/` (`queries.page`).
 
 Run with `uvicorn --factory queries.app:create_app`. It connects to PostgreSQL as the role that
 can read only the read models, never the ledger. `create_app` assembles: the read side, its
@@ -19,6 +20,7 @@ from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.settings import Settings, get_settings
 from queries.cache import CachedPages
 from queries.direct import ItemEndpoint
+from queries.page import page_router
 from queries.routes import router
 from queries.side import ReadSide
 from queries.stream import StreamHub
@@ -81,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     app.include_router(router)
+    app.include_router(page_router())  # the live chart page at /, for people
     return app
