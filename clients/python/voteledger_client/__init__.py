@@ -1,1 +1,46 @@
-"""Typed client for the voteledger APIs."""
+"""Typed client for the voteledger APIs: `Client` (blocking) and `AsyncClient` (asyncio).
+
+Both send the same calls (`voteledger_client.calls`) and read the same answers
+(`voteledger_client.core`); they differ only in how they wait.
+"""
+
+from voteledger_client.aio import AsyncClient
+from voteledger_client.errors import ProblemError, UnexpectedResponse, VoteledgerError
+from voteledger_client.models import (
+    Agent,
+    Detail,
+    Direction,
+    Entry,
+    Item,
+    ItemType,
+    Page,
+    Problem,
+    RateLimit,
+    Sort,
+    VoteAndRead,
+    VoteResult,
+)
+from voteledger_client.retry import RetryOn, RetryPolicy
+from voteledger_client.sync import Client
+
+__all__ = [
+    "Agent",
+    "AsyncClient",
+    "Client",
+    "Detail",
+    "Direction",
+    "Entry",
+    "Item",
+    "ItemType",
+    "Page",
+    "Problem",
+    "ProblemError",
+    "RateLimit",
+    "RetryOn",
+    "RetryPolicy",
+    "Sort",
+    "UnexpectedResponse",
+    "VoteAndRead",
+    "VoteResult",
+    "VoteledgerError",
+]

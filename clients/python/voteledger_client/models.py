@@ -1,0 +1,127 @@
+"""What the APIs answer, as msgspec Structs.
+
+Fields named in a struct's `FROM_HEADERS` come from response headers, not the JSON body; every
+other field is a body field of the API's response (tests/unit/test_client_models.py checks them
+against both OpenAPI documents). Unknown body fields are ignored, so a server that adds a field
+does not break an older client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar, Literal
+
+import msgspec
+
+ItemType = Literal["song", "tool"]
+Direction = Literal["up", "down", "none"]
+Sort = Literal["net", "confidence"]
+
+
+class RateLimit(msgspec.Struct, frozen=True):
+    """The agent's vote budget, from the `RateLimit` and `RateLimit-Policy` headers (IETF
+    draft): `remaining` votes now, full again in `reset` seconds; `quota` votes per `window`
+    seconds. A field the server did not send is None."""
+
+    policy: str | None = None
+    remaining: int | None = None
+    reset: int | None = None
+    quota: int | None = None
+    window: int | None = None
+
+
+class VoteResult(msgspec.Struct, frozen=True):
+    """A vote as recorded: `changed` is False when the vote already had that state (nothing new
+    was recorded); `replayed` when the answer is a replay of an earlier request with the same
+    Idempotency-Key. `position` is the ledger position of the slot's latest event (None when the
+    slot never had one): read with `min_position=position` to see the vote."""
+
+    FROM_HEADERS: ClassVar[frozenset[str]] = frozenset({"replayed", "rate_limit"})
+
+    position: int | None
+    item_id: str
+    vote: Direction
+    previous: Direction
+    changed: bool
+    replayed: bool = False
+    rate_limit: RateLimit | None = None
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """One place in a ranking; `score` is the list's measure, `up`/`down` all-time counts."""
+
+    rank: int
+    item_id: str
+    item_type: ItemType
+    title: str
+    score: float
+    up: int
+    down: int
+
+
+class Page(msgspec.Struct, frozen=True):
+    """A page of a ranking as of ledger `position`; pass `next_cursor` for the next page (None:
+    this is the last). `read_model` is the store that answered (redis, or postgres)."""
+
+    FROM_HEADERS: ClassVar[frozenset[str]] = frozenset({"read_model"})
+
+    items: list[Entry]
+    next_cursor: str | None
+    position: int
+    read_model: str | None = None
+
+
+class Detail(msgspec.Struct, frozen=True):
+    """One item's counts, scores and ranks (None: not in that list) as of ledger `position`."""
+
+    FROM_HEADERS: ClassVar[frozenset[str]] = frozenset({"read_model"})
+
+    item_id: str
+    item_type: ItemType
+    title: str
+    up: int
+    down: int
+    net: int
+    confidence: float
+    trending: float
+    rank_top: int | None
+    rank_trending: int | None
+    rank_daily: int | None
+    daily_net: int | None
+    position: int
+    read_model: str | None = None
+
+
+class VoteAndRead(msgspec.Struct, frozen=True):
+    """A vote and the item read at the vote's position: `item` reflects `vote`."""
+
+    vote: VoteResult
+    item: Detail
+
+
+class Agent(msgspec.Struct, frozen=True):
+    """A registered agent; `api_key` is shown only this once."""
+
+    agent_id: uuid.UUID
+    api_key: str
+    position: int
+
+
+class Item(msgspec.Struct, frozen=True):
+    """A catalogue listing and the ledger position of its event."""
+
+    item_id: str
+    item_type: ItemType
+    title: str
+    position: int
+
+
+class Problem(msgspec.Struct, frozen=True):
+    """RFC 9457 problem details: the members every problem has (extensions are in
+    `ProblemError.extra`)."""
+
+    type: str = "about:blank"
+    title: str = ""
+    status: int = 0
+    detail: str = ""
+    instance: str | None = None

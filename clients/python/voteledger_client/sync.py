@@ -1,0 +1,201 @@
+"""`Client`: the blocking shell around the calls of `calls.py`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+import stamina
+
+from voteledger_client.calls import At, Calls
+from voteledger_client.core import USER_AGENT, Call, retry_hook, stamina_arguments
+from voteledger_client.models import (
+    Agent,
+    Detail,
+    Direction,
+    Entry,
+    Item,
+    ItemType,
+    Page,
+    Sort,
+    VoteAndRead,
+    VoteResult,
+)
+from voteledger_client.retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+class Client:
+    """Votes (command API) and rankings (query API), blocking. Use as a context manager, or
+    call `close()`.
+
+    `api_key` is an agent's key (for votes), `operator_token` the operator's (for `create_agent`
+    and `add_item`); reads need neither. `transport` replaces httpx's own (tests, proxies)."""
+
+    def __init__(
+        self,
+        command_url: str = "http://127.0.0.1:8000",
+        query_url: str = "http://127.0.0.1:8001",
+        api_key: str | None = None,
+        *,
+        operator_token: str | None = None,
+        timeout: float | httpx.Timeout = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._calls = Calls(command_url, query_url, api_key, operator_token)
+        self._policy = retry or RetryPolicy()
+        self._http = httpx.Client(
+            transport=transport, timeout=timeout, headers={"User-Agent": USER_AGENT}
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def send(self, call: Call[T]) -> T:
+        """Send a call, retrying what its `retry_on` allows within the retry policy."""
+        hook = retry_hook(call, self._policy)
+        for attempt in stamina.retry_context(on=hook, **stamina_arguments(self._policy)):
+            with attempt:
+                response = self._http.request(
+                    call.method,
+                    call.url,
+                    params=call.params,
+                    headers=call.headers,
+                    content=call.body,
+                )
+                return call.parse(response)
+        raise AssertionError("unreachable: stamina raises the last failure")
+
+    # --- votes and the catalogue -------------------------------------------------------------
+
+    def vote(
+        self, item_id: str, vote: Direction, *, idempotency_key: str | None = None
+    ) -> VoteResult:
+        """Cast (`up`, `down`) or retract (`none`) the agent's vote; recorded at most once."""
+        return self.send(self._calls.vote(item_id, vote, idempotency_key))
+
+    def vote_and_read(
+        self,
+        item_id: str,
+        vote: Direction,
+        *,
+        idempotency_key: str | None = None,
+        wait_ms: int = 2000,
+    ) -> VoteAndRead:
+        """Vote, then read the item as of the vote's position: the read reflects the vote."""
+        voted = self.vote(item_id, vote, idempotency_key=idempotency_key)
+        at = At(voted.position, wait_ms)
+        return VoteAndRead(voted, self.send(self._calls.item(item_id, at, own_position=True)))
+
+    def create_agent(self, name: str = "") -> Agent:
+        """Register an agent (operator): its id and API key, shown only this once."""
+        return self.send(self._calls.create_agent(name))
+
+    def add_item(self, item_id: str, item_type: ItemType, title: str) -> Item:
+        """List a song or tool in the catalogue (operator)."""
+        return self.send(self._calls.add_item(item_id, item_type, title))
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def top(
+        self,
+        item_type: ItemType,
+        *,
+        sort: Sort = "net",
+        limit: int | None = None,
+        min_votes: int | None = None,
+        cursor: str | None = None,
+        min_position: int | None = None,
+        wait_ms: int | None = None,
+    ) -> Page:
+        """One page of the all-time ranking (by net votes, or by confidence)."""
+        at = At(min_position, wait_ms)
+        return self.send(self._calls.top(item_type, sort, limit, min_votes, cursor, at))
+
+    def daily(
+        self,
+        item_type: ItemType,
+        *,
+        day: date | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        min_position: int | None = None,
+        wait_ms: int | None = None,
+    ) -> Page:
+        """One page of the net votes gained on a UTC day (default today)."""
+        at = At(min_position, wait_ms)
+        return self.send(self._calls.daily(item_type, day, limit, cursor, at))
+
+    def trending(
+        self,
+        item_type: ItemType,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        min_position: int | None = None,
+        wait_ms: int | None = None,
+    ) -> Page:
+        """One page of the time-decayed net votes."""
+        at = At(min_position, wait_ms)
+        return self.send(self._calls.trending(item_type, limit, cursor, at))
+
+    def item(
+        self, item_id: str, *, min_position: int | None = None, wait_ms: int | None = None
+    ) -> Detail:
+        """One item's counts, scores and ranks."""
+        return self.send(self._calls.item(item_id, At(min_position, wait_ms)))
+
+    def iter_top(
+        self,
+        item_type: ItemType,
+        *,
+        sort: Sort = "net",
+        limit: int | None = None,
+        min_votes: int | None = None,
+        min_position: int | None = None,
+    ) -> Iterator[Entry]:
+        """Every entry of the all-time ranking, page after page (`limit` per page)."""
+        at = At(min_position)
+        return self.iter_entries(self._calls.top(item_type, sort, limit, min_votes, None, at))
+
+    def iter_daily(
+        self,
+        item_type: ItemType,
+        *,
+        day: date | None = None,
+        limit: int | None = None,
+        min_position: int | None = None,
+    ) -> Iterator[Entry]:
+        """Every entry of a day's list, page after page."""
+        return self.iter_entries(self._calls.daily(item_type, day, limit, None, At(min_position)))
+
+    def iter_trending(
+        self, item_type: ItemType, *, limit: int | None = None, min_position: int | None = None
+    ) -> Iterator[Entry]:
+        """Every entry of the trending list, page after page."""
+        return self.iter_entries(self._calls.trending(item_type, limit, None, At(min_position)))
+
+    def iter_entries(self, call: Call[Page]) -> Iterator[Entry]:
+        """The entries of a list's pages, from `call`'s page on, following `next_cursor`."""
+        while True:
+            page = self.send(call)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            call = call.with_cursor(page.next_cursor)
