@@ -34,8 +34,8 @@ IdempotencyKeyArg = Annotated[
 ChartArg = Annotated[
     Literal["top", "trending", "daily"],
     Field(
-        description="top: all-time net votes; trending: net votes decayed with a 6 hour "
-        "half-life; daily: net votes gained on one UTC day"
+        description="top: all-time net votes; trending: net votes decayed over time (recent "
+        "votes count most); daily: net votes gained on one UTC day"
     ),
 ]
 ItemTypeArg = Annotated[ItemType, Field(description="song or tool")]
@@ -91,7 +91,7 @@ class ItemDetail(BaseModel):
     down: int
     net: int = Field(description="up minus down")
     confidence: float = Field(description="Wilson lower bound of the share of up votes")
-    trending: float = Field(description="Net votes decayed with a 6 hour half-life")
+    trending: float = Field(description="Net votes decayed over time (recent votes count most)")
     rank_top: int | None = Field(description="Rank in the all-time chart (None: unranked)")
     rank_trending: int | None
     rank_daily: int | None = Field(description="Rank in today's chart")

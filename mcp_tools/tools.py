@@ -6,6 +6,7 @@ request) and over stdio (`voteledger mcp`, the key given once); `authorization` 
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import date
@@ -136,8 +137,12 @@ def build_server(upstream: Upstream, authorization: Authorization) -> MCPServer:
     server: MCPServer = MCPServer(
         "voteledger", title="voteledger", version="1.0.0", instructions=INSTRUCTIONS
     )
-    server.add_tool(tools.cast_vote, title="Cast a vote", annotations=_VOTE)
-    server.add_tool(tools.get_chart, title="Read a chart", annotations=_READ)
-    server.add_tool(tools.get_item, title="Read one item", annotations=_READ)
-    server.add_tool(tools.whoami, title="This agent and its rate limit", annotations=_READ)
+    for method, title, hints in (
+        (tools.cast_vote, "Cast a vote", _VOTE),
+        (tools.get_chart, "Read a chart", _READ),
+        (tools.get_item, "Read one item", _READ),
+        (tools.whoami, "This agent and its rate limit", _READ),
+    ):
+        description = inspect.getdoc(method)
+        server.add_tool(method, title=title, description=description, annotations=hints)
     return server

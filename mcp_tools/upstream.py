@@ -139,7 +139,8 @@ class Upstream:
         except TimeoutError:
             raise ToolError(f"The {what} did not answer within {CALL_DEADLINE:g} s. Call again.")
         except httpx2.TransportError as exc:
-            raise _Unreachable(f"The {what} cannot be reached ({type(exc).__name__}). Call again.")
+            failure = type(exc).__name__
+            raise _Unreachable(f"The {what} could not be reached or did not answer ({failure}).")
         if response.status_code >= 400:
             raise ToolError(problem_text(response.status_code, response.headers, response.content))
         found = _json_object(response.content)
@@ -149,7 +150,7 @@ class Upstream:
 
 
 class _Unreachable(ToolError):
-    """The API could not be reached (nothing was answered): the model may call again."""
+    """No answer came from the API (connection refused, reset, timed out): worth a retry."""
 
 
 def _client(base_url: str, *, trust_env: bool = True) -> httpx2.AsyncClient:
