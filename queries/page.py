@@ -37,6 +37,7 @@ _SECURITY = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+Etags = Annotated[str | None, Header(alias="If-None-Match")]
 _REVALIDATE = "public, no-cache"
 _FOREVER = "public, max-age=31536000, immutable"
 
@@ -58,7 +59,7 @@ class StaticFile:
 
     def answer(self, if_none_match: str | None, cache_control: str) -> Response:
         headers = {"ETag": self.etag, "Cache-Control": cache_control, **_SECURITY}
-        if if_none_match is not None and self.etag in _tags(if_none_match):
+        if if_none_match is not None and _tags(if_none_match) & {self.etag, "*"}:
             return Response(status_code=304, headers=headers)
         return Response(self.body, headers=headers, media_type=self.media_type)
 
@@ -83,7 +84,6 @@ def page_router() -> APIRouter:
     browsers, not API clients."""
     index, assets = load()
     router = APIRouter(include_in_schema=False)
-    Etags = Annotated[str | None, Header(alias="If-None-Match")]
 
     @router.api_route("/", methods=["GET", "HEAD"], response_class=Response)
     async def chart_page(if_none_match: Etags = None) -> Response:

@@ -179,10 +179,11 @@
     return state.item ? loadItem(position) : loadChart(position);
   }
 
+  // The stream cannot say what was missed (or the read models were rebuilt): read everything
+  // again, at whatever position the read models now reflect.
   function reload() {
     live.wanted = 0;
-    state.loaded = null;
-    return refresh(0);
+    changed(0);
   }
 
   // --- the chart -------------------------------------------------------------------------------
@@ -203,6 +204,7 @@
       return;
     }
     renderRows(body.items, fresh);
+    caption();
     state.loaded = view;
     $("chart-panel").setAttribute("aria-busy", "false");
     $("chart-note").textContent = `Updated ${new Date().toLocaleTimeString()}`;
@@ -219,16 +221,20 @@
   }
 
   function showChartLoading() {
-    const { type, chart } = state;
     for (const row of state.rows.values()) row.el.remove();
     state.rows.clear();
     $("chart-panel").setAttribute("aria-busy", "true");
     $("chart-empty").hidden = true;
     $("chart").hidden = false;
-    $("caption-title").textContent = CHARTS[chart].title(TYPES[type]);
-    $("caption-sub").textContent = CHARTS[chart].sub();
-    $("score-heading").textContent = CHARTS[chart].score;
+    caption();
+    $("score-heading").textContent = CHARTS[state.chart].score;
     $("chart-note").textContent = "Loading…";
+  }
+
+  function caption() {
+    const { type, chart } = state;
+    $("caption-title").textContent = CHARTS[chart].title(TYPES[type]);
+    $("caption-sub").textContent = CHARTS[chart].sub(); // today's date moves at midnight (UTC)
   }
 
   function renderRows(items, fresh) {
@@ -350,6 +356,7 @@
     }
     $("item-missing").hidden = detail.status !== 404;
     $("item-body").hidden = detail.status !== 200;
+    $("item-meta").hidden = detail.status !== 200;
     if (detail.status === 404) {
       $("item-title").textContent = "Not found";
       $("item-missing").textContent = `There is no item ${id}.`;
@@ -479,6 +486,7 @@
     $("item-back").href = hashFor(state.type, state.chart);
     if (previous.item !== state.item) {
       $("item-title").textContent = "Loading…";
+      $("item-meta").hidden = true;
       for (const id of ["stat-up", "stat-down", "stat-net", "stat-confidence", "stat-trending"]) {
         $(id).textContent = "–";
       }
@@ -552,6 +560,11 @@
   }
 
   function start() {
+    // The skip link moves focus only: as a hash it would be read as a view.
+    $("skip-link").addEventListener("click", (event) => {
+      event.preventDefault();
+      $("main").focus();
+    });
     for (const list of document.querySelectorAll("[role=tablist]")) setUpTabs(list);
     setUpRows();
     setUpItemView();

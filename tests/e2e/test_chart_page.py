@@ -182,7 +182,8 @@ def test_the_chart_shows_the_ranking_and_a_new_vote_within_two_seconds(
     assert _titles(page) == SONGS
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     _shot(page, "chart")
-    # Cinder goes from -1 to +4: first place, without a reload.
+    # Cinder goes from -1 to +4: first place, without a reload (which would drop the mark).
+    page.evaluate("window.notReloaded = true")
     for agent, direction in ((0, "up"), (1, "up"), (2, "up"), (3, "up")):
         stack.vote(agent, "song-cinder", direction)
     voted = time.monotonic()
@@ -191,6 +192,7 @@ def test_the_chart_shows_the_ranking_and_a_new_vote_within_two_seconds(
     expect(first.locator("td.col-score")).to_have_text("4", timeout=2000)
     print(f"a vote reached the page in {time.monotonic() - voted:.2f} s")
     assert _titles(page) == ["Cinder & Smoke", "Aurora Borealis", "Basalt Drums"]
+    assert page.evaluate("window.notReloaded") is True
     watched.assert_clean()
 
 

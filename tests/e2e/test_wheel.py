@@ -3,6 +3,7 @@ virtual environment, run from a directory outside the source tree."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -109,7 +110,8 @@ def test_the_wheel_holds_every_module_and_file(venv: Path) -> None:
     ).stdout
     assert out.startswith(str(venv))
     assert all(
-        f"{name}.lua" in out for name in ("ratelimit", "apply", "dump", "switch", "page", "item")
+        f"{name}.lua" in out
+        for name in ("ratelimit", "apply", "dump", "switch", "page", "item", "series")
     )
 
 
@@ -132,6 +134,7 @@ def test_an_installed_wheel_serves_both_apis_and_verifies(venv: Path, isolated: 
         top = _read_top(query_url, position)
         assert top.headers["X-Read-Model"] == "redis"
         assert [e["item_id"] for e in top.json()["items"]] == ["song-wheel"]
+        _assert_chart_page(query_url)
     finally:
         for proc in (command, query, projector):
             proc.terminate()
@@ -151,6 +154,19 @@ def _vote(url: str) -> int:
         )
         assert vote.status_code == 201, vote.text
         return int(vote.json()["position"])
+
+
+def _assert_chart_page(url: str) -> None:
+    """The chart page and every asset it names come from the installed package."""
+    page = httpx.get(f"{url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
+    assert {a.split("?")[0] for a in assets} == {
+        f"/static/{n}" for n in ("app.js", "app.css", "icon.svg")
+    }
+    for asset in assets:
+        answer = httpx.get(f"{url}{asset}", timeout=10)
+        assert answer.status_code == 200 and answer.content, asset
 
 
 def _read_top(url: str, position: int) -> httpx.Response:
