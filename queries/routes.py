@@ -1,5 +1,5 @@
-"""The query API's routes: each parses its parameters and calls one function; `answer_list` and
-`answer_item` turn a read into a body and its errors into problem details.
+"""The query API's routes: each parses its parameters and calls one function; `answer_list`,
+`answer_item` and `answer_daily` turn a read into a body and its errors into problem details.
 """
 
 from __future__ import annotations
