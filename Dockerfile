@@ -3,6 +3,7 @@ WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY pyproject.toml README.md ./
 COPY cli cli
+COPY mcp_tools mcp_tools
 COPY commands commands
 COPY events events
 COPY projections projections

@@ -9,33 +9,34 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 
-_SONG_WORDS = (
-    "Neon", "Velvet", "Paper", "Midnight", "Glass", "Electric", "Silver", "Hollow", "Golden",
-    "Static", "Quiet", "Northern", "Satellite", "Lucid", "Amber", "Violet", "Echo", "Cinder",
-)  # fmt: skip
-_SONG_NOUNS = (
-    "Harbour", "Skyline", "Rain", "Signals", "Tides", "Horizon", "Fever", "Machines", "Gardens",
-    "Lights", "Waves", "Rooftops", "Dreams", "Circuit", "Coastline", "Memory", "Motel", "Orbit",
-)  # fmt: skip
-_ARTISTS = (
-    "The Synthetic Choir", "Lumen Drive", "Model Collapse", "Hidden Layer", "Gradient Descent",
-    "Latent Space Band", "Token Limit", "Soft Attention", "The Overfits", "Beam Search",
-    "Nightly Build", "Dropout", "Warm Start", "Zero Shot", "Residual Stream",
-)  # fmt: skip
-_TOOL_VERBS = (
-    "Stem", "Chord", "Tempo", "Lyric", "Mix", "Master", "Drum", "Melody", "Vocal", "Sample",
-    "Key", "Loop",
-)  # fmt: skip
-_TOOL_NOUNS = (
-    "Splitter", "Finder", "Tuner", "Assistant", "Analyzer", "Generator", "Cleaner", "Doctor",
-    "Studio", "Mapper", "Coach", "Forge",
-)  # fmt: skip
+
+def _words(text: str, sep: str | None = None) -> tuple[str, ...]:
+    return tuple(text.split(sep))
+
+
+_SONG_WORDS = _words(
+    "Neon Velvet Paper Midnight Glass Electric Silver Hollow Golden Static Quiet Northern "
+    "Satellite Lucid Amber Violet Echo Cinder"
+)
+_SONG_NOUNS = _words(
+    "Harbour Skyline Rain Signals Tides Horizon Fever Machines Gardens Lights Waves Rooftops "
+    "Dreams Circuit Coastline Memory Motel Orbit"
+)
+_ARTISTS = _words(
+    "The Synthetic Choir|Lumen Drive|Model Collapse|Hidden Layer|Gradient Descent|"
+    "Latent Space Band|Token Limit|Soft Attention|The Overfits|Beam Search|Nightly Build|"
+    "Dropout|Warm Start|Zero Shot|Residual Stream",
+    "|",
+)
+_TOOL_VERBS = _words("Stem Chord Tempo Lyric Mix Master Drum Melody Vocal Sample Key Loop")
+_TOOL_NOUNS = _words(
+    "Splitter Finder Tuner Assistant Analyzer Generator Cleaner Doctor Studio Mapper Coach Forge"
+)
 
 
 def song_titles(rng: random.Random) -> Iterator[str]:
     """`Title — Artist`, never the same twice."""
     return _unique(
-        rng,
         lambda: f"{rng.choice(_SONG_WORDS)} {rng.choice(_SONG_NOUNS)} — {rng.choice(_ARTISTS)}",
         len(_SONG_WORDS) * len(_SONG_NOUNS) * len(_ARTISTS),
     )
@@ -44,13 +45,12 @@ def song_titles(rng: random.Random) -> Iterator[str]:
 def tool_titles(rng: random.Random) -> Iterator[str]:
     """`Stem Splitter`, `Chord Finder`…, never the same twice."""
     return _unique(
-        rng,
         lambda: f"{rng.choice(_TOOL_VERBS)} {rng.choice(_TOOL_NOUNS)}",
         len(_TOOL_VERBS) * len(_TOOL_NOUNS),
     )
 
 
-def _unique(rng: random.Random, draw: Callable[[], str], combinations: int) -> Iterator[str]:
+def _unique(draw: Callable[[], str], combinations: int) -> Iterator[str]:
     """Draws until unused; once half the combinations are taken, numbered volumes follow."""
     seen: set[str] = set()
     edition = 1

@@ -24,7 +24,7 @@ from infra import serve
 from infra.settings import Role, Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cli", "commands", "events", "infra", "projections", "queries")
+PACKAGES = ("cli", "commands", "events", "infra", "mcp_tools", "projections", "queries")
 ENV_LITERAL = re.compile(
     r"[\"'](VOTELEDGER_\w+|DATABASE_URL|REDIS_URL|SENTRY_\w+|PROMETHEUS_MULTIPROC_DIR)[\"']"
 )

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cli", "commands", "events", "infra", "projections", "queries")
+PACKAGES = ("cli", "commands", "events", "infra", "mcp_tools", "projections", "queries")
 
 
 def _modules() -> list[Path]:
