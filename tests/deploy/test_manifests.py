@@ -370,7 +370,8 @@ def _route(paths: list[tuple[Obj, Obj]], request: str) -> tuple[Obj, Obj] | None
 
 
 def test_ingress_routes_the_apis_and_nothing_internal(objects: tuple[Obj, ...]) -> None:
-    """/metrics and the probes stay inside; the live stream is not buffered nor cut short."""
+    """/metrics and the probes stay inside; the live stream is not buffered nor cut short; the
+    chart page, its assets and the MCP endpoint are public."""
     hosts: dict[str, list[tuple[Obj, Obj]]] = {}
     for ingress in _of(objects, "Ingress").values():
         for rule in ingress["spec"]["rules"]:
@@ -387,6 +388,11 @@ def test_ingress_routes_the_apis_and_nothing_internal(objects: tuple[Obj, ...]) 
         assert int(notes.get("nginx.ingress.kubernetes.io/proxy-read-timeout", 60)) >= 3600, host
         streams += 1
     assert streams, "no Ingress routes the query API's live stream"
+    public = {"/": "query-api", "/static/app.js": "query-api", "/mcp": "command-api"}
+    for request, service in public.items():
+        served = [_route(paths, request) for paths in hosts.values()]
+        names = {r[1]["backend"]["service"]["name"] for r in served if r}
+        assert service in names, f"{request} is not routed to {service}"
 
 
 def test_network_policies_deny_by_default_and_admit_every_app(objects: tuple[Obj, ...]) -> None:
