@@ -36,8 +36,8 @@ def migrate_command() -> None:
     console.print("schema is up to date" if not applied else f"{len(applied)} migration(s) applied")
     if empty:
         console.print(
-            "the ledger is empty: `make demo` runs the stack with a seeded demo catalogue and live "
-            "votes (or run `voteledger seed --demo` once)"
+            "the ledger is empty: `voteledger seed --demo` lists a demo catalogue with a vote "
+            "history, and `make demo` also keeps live votes coming"
         )
 
 

@@ -3,6 +3,7 @@ and nothing of the stack outlives a launcher killed with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -54,14 +55,14 @@ def _read(stack: Stack) -> None:
         stack.lines.append(line)
 
 
-@pytest.fixture
-def stack(redis_url: str) -> Iterator[Stack]:
-    """`make run` against a database and Redis prefix of this test's own, on free ports."""
+@contextlib.contextmanager
+def _make(target: str, redis_url: str) -> Iterator[Stack]:
+    """`make TARGET` against a database and Redis prefix of this test's own, on free ports."""
     with fresh_database() as url, fresh_redis_prefix(redis_url) as prefix:
         settings = make_settings(url, redis_url, prefix)
         names = ("COMMAND_PORT", "QUERY_PORT", "METRICS_PORT", "STANDBY_METRICS_PORT")
         ports = {name: free_port() for name in names}
-        args = ["make", "--no-print-directory", "run", *(f"{k}={v}" for k, v in ports.items())]
+        args = ["make", "--no-print-directory", target, *(f"{k}={v}" for k, v in ports.items())]
         env = settings_env(settings)
         out = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
         proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, **out)
@@ -73,6 +74,12 @@ def stack(redis_url: str) -> Iterator[Stack]:
             yield running
         finally:
             _stop(running)
+
+
+@pytest.fixture
+def stack(redis_url: str) -> Iterator[Stack]:
+    with _make("run", redis_url) as running:
+        yield running
 
 
 def _wait_up(stack: Stack) -> None:
@@ -197,6 +204,7 @@ def test_nothing_outlives_a_killed_launcher(stack: Stack) -> None:
     """kill -9 of the launcher: every process it started dies with it."""
     children = list(stack.started().values())
     assert len(children) == 4 and all(_alive(pid) for pid in children)
+    assert any("the ledger is empty" in line for line in stack.lines), "".join(stack.lines)
     os.kill(stack.supervisor(), signal.SIGKILL)
     deadline = time.monotonic() + 15
     while any(_alive(pid) for pid in children):
@@ -204,3 +212,22 @@ def test_nothing_outlives_a_killed_launcher(stack: Stack) -> None:
         time.sleep(0.1)
     for name in stack.ports:
         assert not _answers(stack.url(name) + "/healthz")
+
+
+def test_make_demo_seeds_an_empty_ledger_and_keeps_votes_coming(redis_url: str) -> None:
+    """`make demo`: the charts hold the seeded catalogue, and live votes keep arriving through
+    the command API (the ledger's position moves while nobody else votes)."""
+    with _make("demo", redis_url) as demo:
+        top = f"{demo.url('QUERY_PORT')}/api/v1/top"
+        deadline = time.monotonic() + 30
+        positions: list[int] = []
+        while len(set(positions)) < 3:
+            assert time.monotonic() < deadline, "".join(demo.lines[-40:])
+            answer = httpx.get(top, params={"item_type": "song", "limit": 200}, timeout=5)
+            assert answer.status_code == 200, answer.text
+            if len(answer.json()["items"]) >= 80:  # 90 songs are seeded
+                positions.append(int(answer.headers["X-Ledger-Position"]))
+            time.sleep(0.5)
+        assert positions == sorted(positions)
+        assert any(line.startswith("seeded ") for line in demo.lines)
+        assert any("demo: 12 agents voting" in line for line in demo.lines), "".join(demo.lines)
