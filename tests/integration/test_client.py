@@ -39,7 +39,9 @@ class Stack:
     settings: Settings
     command: str
     query: str
-    limited: str  # a command API that allows 2 votes a second, with a burst of 1
+    # A command API that allows an agent one vote a second (burst 1): a second vote within the
+    # second is refused with Retry-After: 1, with room to spare on a busy machine.
+    limited: str
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def stack(redis_url: str) -> Iterator[Stack]:
             uvicorn_server(
                 "commands.app:create_app",
                 settings,
-                VOTELEDGER_RATE_LIMIT_PER_SECOND="2",
+                VOTELEDGER_RATE_LIMIT_PER_SECOND="1",
                 VOTELEDGER_RATE_LIMIT_BURST="1",
             ) as limited,
         ):
@@ -266,8 +268,9 @@ def _assert_ranking(entries: list[Entry], items: list[str]) -> None:
     assert sorted(entry.item_id for entry in entries) == sorted(items)
     assert [entry.rank for entry in entries] == [1, 2, 3, 4, 5]
     assert all(isinstance(entry, Entry) and entry.item_type == "tool" for entry in entries)
+    # Pages are read moments apart: a later page's trending scores have decayed a little more.
     scores = [entry.score for entry in entries]
-    assert scores == sorted(scores, reverse=True)
+    assert all(score >= after - 1e-4 for score, after in itertools.pairwise(scores)), scores
 
 
 def test_reads_are_typed_and_paging_walks_every_item(
