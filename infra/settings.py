@@ -98,6 +98,8 @@ class Settings:
     redis_sentinel_password: str = ""
     # The query API as the command API's MCP tools reach it for reads (mcp_tools/).
     query_url: str = "http://127.0.0.1:8001"
+    # The most agents (not revoked) one owner may register; None: no cap.
+    max_agents_per_owner: int | None = None
 
     @property
     def development(self) -> bool:
@@ -160,6 +162,7 @@ class Settings:
             body_timeout_seconds=_float(env, "VOTELEDGER_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
             max_connections=_int(env, "VOTELEDGER_MAX_CONNECTIONS", 2000, 1),
             query_url=api_url(env, "VOTELEDGER_QUERY_URL", "VOTELEDGER_QUERY_PORT", 8001),
+            max_agents_per_owner=_int(env, "VOTELEDGER_MAX_AGENTS_PER_OWNER", 0, 1) or None,
             **_operations(env, mode),
         )
 
