@@ -5,6 +5,11 @@
 model as folding all their events at once, whatever the split (tests/unit/test_model.py proves it).
 Both stores apply `Changes` as increments, with their checkpoint, atomically.
 
+The independent chart counts each owner once per item, with the sign of the sum of its agents'
+current votes there. That is not additive, so `Changes.owners` holds the additive per-(item,
+owner) totals; the stores keep them and move an item's independent score and owner count by what
+each touched (item, owner) changed (`standing_change`); `settle` derives both for a whole model.
+
 Trending uses the log/epoch trick: an exponentially decayed sum  sum(delta_i * 2^-((now - t_i)/h))
 equals  2^-((now - E)/h) * sum(delta_i * 2^((t_i - E)/h))  for any epoch E. The second sum does not
 depend on `now`, so it is updated once per vote and ranks items the same at every instant; it is
@@ -85,6 +90,9 @@ class ItemTotals:
     first_vote_at: datetime | None = None
     last_vote_at: datetime | None = None
     trend: float = 0.0
+    # Not additive: only a whole read model's are meaningful (`settle`, or a store's dump).
+    independent: int = 0
+    owners: int = 0
 
     @property
     def net(self) -> int:
@@ -109,12 +117,33 @@ class DayTotals:
 
 
 @dataclass(slots=True)
+class OwnerTotals:
+    """One owner's agents on one item: the sum of their current vote values, and how many of
+    them have an up or down vote there. Additive, unlike the item's independent score."""
+
+    value: int = 0
+    active: int = 0
+
+
+def sign(x: int) -> int:
+    return (x > 0) - (x < 0)
+
+
+def standing_change(old: OwnerTotals, delta: OwnerTotals) -> tuple[int, int]:
+    """What adding `delta` to an (item, owner)'s `old` totals changes in the item's independent
+    score and owner count: each owner counts with the sign of its value, once if it votes."""
+    value, active = old.value + delta.value, old.active + delta.active
+    return sign(value) - sign(old.value), (active > 0) - (old.active > 0)
+
+
+@dataclass(slots=True)
 class Changes:
     """Additive read-model amounts. Also the whole read model: the changes since the beginning."""
 
     epoch: float | None = None
     items: dict[str, ItemTotals] = field(default_factory=dict)
     days: dict[tuple[date, str], DayTotals] = field(default_factory=dict)
+    owners: dict[tuple[str, str], OwnerTotals] = field(default_factory=dict)  # (item_id, owner)
 
 
 def trending_times(
@@ -152,7 +181,7 @@ def fold(events: Iterable[Recorded], since: float | None, half_life: float) -> C
     events = list(events)
     epoch, times = trending_times(since, events, half_life)
     changes = Changes(epoch=epoch)
-    items, days = changes.items, changes.days
+    items, days, owners = changes.items, changes.days, changes.owners
     for recorded, trend_at in zip(events, times, strict=True):
         event = recorded.event
         if isinstance(event, VoteCast):
@@ -177,6 +206,12 @@ def fold(events: Iterable[Recorded], since: float | None, half_life: float) -> C
                 day = days[key] = DayTotals(event.item_type)
             day.up += up
             day.down += down
+            key_owner = (event.item_id, event.owned_by)
+            owner = owners.get(key_owner)
+            if owner is None:
+                owner = owners[key_owner] = OwnerTotals()
+            owner.value += delta
+            owner.active += (event.direction != "none") - (event.previous != "none")
         elif isinstance(event, ItemListed):
             listed = items.get(event.item_id)
             if listed is None:
@@ -225,7 +260,31 @@ def merge(into: Changes, more: Changes, half_life: float) -> Changes:
         else:
             day.up += extra_day.up
             day.down += extra_day.down
+    for key_owner, extra_owner in more.owners.items():
+        owner = into.owners.get(key_owner)
+        if owner is None:
+            into.owners[key_owner] = OwnerTotals(extra_owner.value, extra_owner.active)
+        else:
+            owner.value += extra_owner.value
+            owner.active += extra_owner.active
     return into
+
+
+def standings(owners: dict[tuple[str, str], OwnerTotals]) -> dict[str, tuple[int, int]]:
+    """Each item's (independent score, owner count) from whole per-(item, owner) totals."""
+    found: dict[str, tuple[int, int]] = {}
+    for (item_id, _), totals in owners.items():
+        independent, count = found.get(item_id, (0, 0))
+        found[item_id] = (independent + sign(totals.value), count + (totals.active > 0))
+    return found
+
+
+def settle(model: Changes) -> Changes:
+    """Set the items' independent scores and owner counts of a whole read model (in place)."""
+    scores = standings(model.owners)
+    for item_id, item in model.items.items():
+        item.independent, item.owners = scores.get(item_id, (0, 0))
+    return model
 
 
 def rescale_factor(old_epoch: float, new_epoch: float, half_life: float) -> float:

@@ -7,6 +7,7 @@ from the module under test.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import sys
@@ -32,12 +33,15 @@ from projections.model import (
     LEAD,
     REBASE_AFTER,
     Changes,
+    OwnerTotals,
     choose_epoch,
     decayed,
     fold,
     fold_all,
     merge,
     rescale_factor,
+    settle,
+    standing_change,
     wilson_lower_bound,
 )
 
@@ -60,6 +64,11 @@ class Stream:
     events: list[Recorded]
     slots: dict[tuple[uuid.UUID, str], Direction]  # (agent, item) -> current direction
     item_types: dict[str, ItemType]
+    owners: dict[uuid.UUID, str | None] = dataclasses.field(default_factory=dict)
+
+    def owner_of(self, agent: uuid.UUID) -> str:
+        """Whose vote an agent's is on the independent chart (itself when it has no owner)."""
+        return self.owners.get(agent) or str(agent)
 
 
 @st.composite
@@ -69,6 +78,8 @@ def streams(
     """A realistic stream: agents register, items get listed, agents change their votes."""
     agents = [uuid.UUID(int=draw(st.integers(1, 2**64))) for _ in range(draw(st.integers(1, 4)))]
     agents = list(dict.fromkeys(agents))
+    # A few owners, each with several agents; some agents have none (their own owner).
+    owners = {a: draw(st.sampled_from([None, "owner-a", "owner-b"])) for a in agents}
     item_types: dict[str, ItemType] = {}
     for i in range(draw(st.integers(1, 4))):
         kind = draw(st.sampled_from(ITEM_TYPES))
@@ -118,11 +129,14 @@ def streams(
         key = (agent, item_id)
         previous = slots.get(key, "none")
         direction = draw(st.sampled_from([d for d in DIRECTIONS if d != previous]))
-        event = VoteCast(agent, item_id, item_types[item_id], direction, previous, cast_at.get(key))
+        owner = owners[agent]
+        event = VoteCast(
+            agent, item_id, item_types[item_id], direction, previous, cast_at.get(key), owner
+        )
         record(event, clock)
         slots[key] = direction
         cast_at[key] = clock
-    return Stream(events, slots, item_types)
+    return Stream(events, slots, item_types, owners)
 
 
 @st.composite
@@ -197,6 +211,50 @@ def test_any_split_into_batches_gives_the_one_fold_model(
     assert {k: (d.item_type, d.up, d.down) for k, d in batched.days.items()} == {
         k: (d.item_type, d.up, d.down) for k, d in whole.days.items()
     }
+    assert nonzero(batched.owners) == nonzero(whole.owners)
+    assert applied_standings(chunks) == direct_standings(stream)
+    settled = settle(whole).items
+    assert {i: (t.independent, t.owners) for i, t in settled.items() if t.owners} == (
+        direct_standings(stream)
+    )
+
+
+def nonzero(owners: dict[tuple[str, str], OwnerTotals]) -> dict[tuple[str, str], OwnerTotals]:
+    return {key: t for key, t in owners.items() if t.value or t.active}
+
+
+def direct_standings(stream: Stream) -> dict[str, tuple[int, int]]:
+    """(independent, owners) per item with a vote, from the final slots alone."""
+    sums: dict[str, dict[str, int]] = {}
+    voting: dict[str, set[str]] = {}
+    for (agent, item_id), direction in stream.slots.items():
+        owner = stream.owner_of(agent)
+        sums.setdefault(item_id, {}).setdefault(owner, 0)
+        sums[item_id][owner] += VALUE[direction]
+        if direction != "none":
+            voting.setdefault(item_id, set()).add(owner)
+    out = {}
+    for item_id, per_owner in sums.items():
+        score = sum((v > 0) - (v < 0) for v in per_owner.values())
+        count = len(voting.get(item_id, set()))
+        if count:
+            out[item_id] = (score, count)
+    return out
+
+
+def applied_standings(chunks: list[list[Recorded]]) -> dict[str, tuple[int, int]]:
+    """What a store holds after applying each batch's owner totals as the stores do: the totals
+    added up, the item's standing moved by `standing_change` of each touched (item, owner)."""
+    totals: dict[tuple[str, str], OwnerTotals] = {}
+    held: dict[str, tuple[int, int]] = {}
+    for chunk in chunks:
+        for key, delta in fold(chunk, None, H).owners.items():
+            old = totals.get(key, OwnerTotals())
+            d_score, d_count = standing_change(old, delta)
+            score, count = held.get(key[0], (0, 0))
+            held[key[0]] = (score + d_score, count + d_count)
+            totals[key] = OwnerTotals(old.value + delta.value, old.active + delta.active)
+    return {item_id: s for item_id, s in held.items() if s[1]}
 
 
 @SETTINGS
