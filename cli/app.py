@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from cli import agents, demo, items, ledger, mcp, readmodels, seed
+from cli import agents, audit, demo, items, ledger, mcp, readmodels, seed
 from cli.common import err
 
 app = typer.Typer(help="Operate the vote ledger.", no_args_is_help=True)
@@ -21,6 +21,7 @@ app.add_typer(items.app, name="items")
 app.command("seed")(seed.seed_command)
 app.command("demo")(demo.demo_command)
 app.command("mcp")(mcp.mcp_command)
+app.command("audit")(audit.audit_command)
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ Agents and items are registered and listed as events; each vote is decided by th
 time, and vote_slots ends up holding the final state, so the command API carries on from the seeded
 data. The agents, items and vote_slots rows are written by the commands modules that own them.
 Item popularity follows a Zipf-like law and vote times are spread over the last D days, so daily
-and trending lists mean something.
+and trending lists mean something. Agents belong to owners as they would in a store: a few owners
+run fleets of many agents, most run one; both events of an agent carry its owner.
 """
 
 from __future__ import annotations
@@ -63,12 +64,27 @@ def _items(plan: SeedPlan, run: str) -> list[Item]:
     ]
 
 
+def _owners(rng: random.Random, agents: list[uuid.UUID], run: str) -> dict[uuid.UUID, str]:
+    """Each agent's owner: about 40% of the agents in fleets (one fleet per 50 agents, sized by
+    a Zipf-like law, so the first is the largest), the others each with an owner of its own."""
+    fleets = max(1, len(agents) // 50)
+    weights = [1.0 / (k + 1) for k in range(fleets)]
+    owners = {}
+    for n, agent in enumerate(agents):
+        if rng.random() < 0.4:
+            owners[agent] = f"fleet-{run}-{rng.choices(range(fleets), weights)[0]}"
+        else:
+            owners[agent] = f"owner-{run}-{n}"
+    return owners
+
+
 @dataclass(frozen=True, slots=True)
 class Generated:
-    """The agents, the items, a stream of (event, recorded_at) in time order, and the slots the
-    stream leaves behind (filled while the stream is consumed)."""
+    """The agents and their owners, the items, a stream of (event, recorded_at) in time order,
+    and the slots the stream leaves behind (filled while the stream is consumed)."""
 
     agents: list[uuid.UUID]
+    owners: dict[uuid.UUID, str]
     items: list[Item]
     events: Iterator[tuple[Event, datetime]]
     slots: dict[SlotKey, Slot]
@@ -77,24 +93,26 @@ class Generated:
 def generate(plan: SeedPlan, now: datetime, run: str) -> Generated:
     rng = random.Random(plan.seed)
     agents = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(plan.agents)]
+    # A generator of their own: the rest of a seed's data stays what it was before owners.
+    owners = _owners(random.Random(plan.seed + 1), agents, run)
     items = _items(plan, run)
     start = now - timedelta(days=plan.days)
     slots: dict[SlotKey, Slot] = {}
 
     def stream() -> Iterator[tuple[Event, datetime]]:
         for agent in agents:
-            yield AgentRegistered(agent_id=agent, name="seed"), start
+            yield AgentRegistered(agent_id=agent, name="seed", owner=owners[agent]), start
         for item_id, item_type, title in items:
             yield ItemListed(item_id=item_id, item_type=item_type, title=title), start
         for at, agent, (item_id, item_type, _) in _votes(rng, plan, agents, items, start, now):
             slot = slots.get((agent, item_id), _EMPTY)
             command = CastVote(agent, item_id, _direction(rng, slot.direction))
-            for event in decide(command, item_type, slot):
+            for event in decide(command, item_type, slot, owners[agent]):
                 slot = evolve(slot, event, at)
                 yield event, at
             slots[agent, item_id] = slot
 
-    return Generated(agents, items, stream(), slots)
+    return Generated(agents, owners, items, stream(), slots)
 
 
 def _votes(
@@ -136,7 +154,7 @@ def write(
     seeded = generate(plan, now, run)
     with conn.transaction():
         partitions.ensure(conn, (now - timedelta(days=plan.days)).isoformat(), 2)
-        copy_agents(conn, seeded.agents, "seed")
+        copy_agents(conn, seeded.owners.items(), "seed")
         copy_items(conn, seeded.items)
         count = store.append_many_sync(conn, _counting(seeded.events, progress))
         copy_slots(conn, ((a, i, slot) for (a, i), slot in seeded.slots.items()))

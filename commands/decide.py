@@ -43,8 +43,11 @@ class ItemTypeMismatch(Exception):
         self.claimed = claimed
 
 
-def decide(command: CastVote, item_type: ItemType | None, slot: Slot) -> list[VoteCast]:
-    """The events a vote command records, given the item's type and the agent's slot."""
+def decide(
+    command: CastVote, item_type: ItemType | None, slot: Slot, owner: str | None = None
+) -> list[VoteCast]:
+    """The events a vote command records, given the item's type, the agent's slot and the
+    agent's owner (which the event carries)."""
     if item_type is None:
         raise UnknownItem(command.item_id)
     if command.claimed_item_type is not None and command.claimed_item_type != item_type:
@@ -59,6 +62,7 @@ def decide(command: CastVote, item_type: ItemType | None, slot: Slot) -> list[Vo
             direction=command.direction,
             previous=slot.direction,
             previous_cast_at=slot.cast_at,
+            owner=owner,
         )
     ]
 

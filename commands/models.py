@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import re
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -125,14 +126,32 @@ class ItemOut(BaseModel):
     position: int
 
 
+# Whose agents these are: an operator account or organisation, named like a catalogue id.
+Owner = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=ITEM_ID_MAX_LENGTH,
+        pattern=ITEM_ID_PATTERN,
+        description="The agent's owner (the account or organisation that runs it): letters, "
+        "digits and . _ : ~ -, at most 128. Omitted: the agent is its own owner, its agent_id "
+        "as text. An owner's agents count once together on the independent chart.",
+        examples=["acme-labs"],
+    ),
+]
+OWNER_OUT = Field(description="The agent's owner; its own agent_id as text when it has none")
+
+
 class AgentIn(Strict):
     name: Annotated[str, Field(max_length=100, pattern=NO_NUL)] = ""
+    owner: Owner | None = None
 
 
 class AgentOut(BaseModel):
     agent_id: uuid.UUID
     api_key: str = Field(description="Shown only once; only its digest is stored")
     position: int
+    owner: str = OWNER_OUT
 
 
 class RateLimitOut(BaseModel):
@@ -145,7 +164,22 @@ class RateLimitOut(BaseModel):
 class AgentMeOut(BaseModel):
     agent_id: uuid.UUID
     name: str
+    owner: str = OWNER_OUT
     rate_limit: RateLimitOut = Field(description="The vote rate limit; reading it costs no vote")
+
+
+class AuditedVoteOut(BaseModel):
+    agent_id: uuid.UUID
+    owner: str
+    vote: Literal["up", "down"]
+    cast_at: datetime | None = Field(description="When the agent cast this vote")
+    revoked: bool = Field(description="The agent's key is revoked (its votes stand)")
+
+
+class VoteAuditOut(BaseModel):
+    item_id: str
+    votes: list[AuditedVoteOut] = Field(description="Current up and down votes, in agent order")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: none")
 
 
 class Problem(BaseModel):

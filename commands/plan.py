@@ -88,6 +88,7 @@ class Found:
 
     slots: Mapping[SlotKey, tuple[Slot, int | None]]  # slots with a row: state, last position
     revoked: Set[uuid.UUID] = frozenset()
+    owners: Mapping[uuid.UUID, str] = field(default_factory=dict)  # each agent's owner
     item_types: Mapping[str, ItemType] = field(default_factory=dict)
     claimed: Set[KeyId] = frozenset()  # idempotency keys this batch claimed
     stored: Mapping[KeyId, Stored] = field(default_factory=dict)  # keys used before
@@ -191,7 +192,8 @@ class _Planner:
         command = request.command
         slot, last = self.state.get(request.slot, (Slot(), None))
         try:
-            events = decide(command, self.found.item_types.get(command.item_id), slot)
+            item_type = self.found.item_types.get(command.item_id)
+            events = decide(command, item_type, slot, self.found.owners.get(command.agent_id))
         except (UnknownItem, ItemTypeMismatch) as exc:
             return exc
         if not events:

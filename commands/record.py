@@ -51,7 +51,8 @@ SELECT pg_advisory_xact_lock(k1, k2)
 FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, i text), hashtext(a::text) AS k1, hashtext(i) AS k2
 ORDER BY k1, k2
 """
-# The key-to-agent mapping never changes and is cached; revocation is checked in every batch.
+# The key-to-agent mapping never changes and is cached; revocation is checked in every batch,
+# and the agent's owner (which never changes either) comes with that lookup, for its VoteCast.
 # Every write of a slot happens under its lock, so the states read after the locks are the
 # latest (each statement takes a new snapshot) and stay so until this transaction commits. A slot
 # with no row yet reads as NULLs: the empty slot. Each row is looked up by its primary key (the
@@ -59,10 +60,10 @@ ORDER BY k1, k2
 # any jsonb_to_recordset, and for 100 rows it would rather hash-join a sequential scan of the
 # whole table, a cost that grows with the table.
 _SLOT_STATES = """
-SELECT t.a, t.i, s.direction, s.cast_at, s.version, s.last_position, ag.revoked
+SELECT t.a, t.i, s.direction, s.cast_at, s.version, s.last_position, ag.owner, ag.revoked
 FROM jsonb_to_recordset(%s::jsonb) AS t(a uuid, i text)
 CROSS JOIN LATERAL (
-    SELECT revoked_at IS NOT NULL AS revoked FROM agents WHERE agent_id = t.a LIMIT 1
+    SELECT owner, revoked_at IS NOT NULL AS revoked FROM agents WHERE agent_id = t.a LIMIT 1
 ) AS ag
 LEFT JOIN LATERAL (
     SELECT * FROM vote_slots WHERE agent_id = t.a AND item_id = t.i LIMIT 1
@@ -166,8 +167,9 @@ async def _read(conn: psycopg.AsyncConnection, requests: list[VoteRequest], know
         item_types[item_id] = item_type
         known.add_item_type(item_id, item_type)
     return Found(
-        slots={(a, i): (Slot(d, c, v), p) for a, i, d, c, v, p, _ in slot_rows if d is not None},
+        slots={(a, i): (Slot(d, c, v), p) for a, i, d, c, v, p, _, _ in slot_rows if d is not None},
         revoked={row[0] for row in slot_rows if row[-1]},
+        owners={row[0]: row[-2] for row in slot_rows},
         item_types=item_types,
         claimed=claimed,
         stored=await _stored(conn, [k for k in hashes if k not in claimed]),

@@ -6,15 +6,27 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from psycopg_pool import AsyncConnectionPool
 from starlette.responses import HTMLResponse, Response
 
-from commands import agents, catalogue
-from commands.models import AgentIn, AgentMeOut, AgentOut, ItemIn, ItemOut, RateLimitOut
+from commands import agents, audit, catalogue
+from commands.models import (
+    AgentIn,
+    AgentMeOut,
+    AgentOut,
+    AuditedVoteOut,
+    ItemIn,
+    ItemOut,
+    RateLimitOut,
+    VoteAuditOut,
+)
 from commands.ratelimit import RateLimiter
 from commands.vote import bearer
+from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
 from infra.metrics import metrics_response
 from infra.problems import Problem
 
@@ -42,10 +54,23 @@ _OPERATOR = [Depends(require_operator)]
     status_code=201,
     dependencies=_OPERATOR,
     summary="Register an agent (operator)",
+    description="`owner` names whose agent it is; omitted, the agent is its own owner (its "
+    "agent_id as text). With VOTELEDGER_MAX_AGENTS_PER_OWNER set, registering one more agent "
+    "than that for an owner (counting its agents that are not revoked) answers 409 "
+    "(`/problems/owner-limit`).",
 )
 async def create_agent(request: Request, body: AgentIn | None = None) -> AgentOut:
-    agent = await agents.register_agent(request.app.state.pool, body.name if body else "")
-    return AgentOut(agent_id=agent.agent_id, api_key=agent.api_key, position=agent.position)
+    body = body or AgentIn()
+    state = request.app.state
+    try:
+        agent = await agents.register_agent(
+            state.pool, body.name, body.owner, state.settings.max_agents_per_owner
+        )
+    except agents.OwnerLimit as exc:
+        raise Problem(409, str(exc), slug="owner-limit", cap=exc.cap)
+    return AgentOut(
+        agent_id=agent.agent_id, api_key=agent.api_key, position=agent.position, owner=agent.owner
+    )
 
 
 @router.delete(
@@ -63,13 +88,15 @@ async def revoke_agent(agent_id: uuid.UUID, request: Request) -> Response:
 
 
 # Read afresh, never from the key cache: a revoked key must answer 403 here at once.
-_AGENT_PROFILE = "SELECT agent_id, name, revoked_at IS NOT NULL FROM agents WHERE key_digest = %s"
+_AGENT_PROFILE = (
+    "SELECT agent_id, name, owner, revoked_at IS NOT NULL FROM agents WHERE key_digest = %s"
+)
 
 
 async def _agent_profile(
     pool: AsyncConnectionPool, authorization: str | None
-) -> tuple[uuid.UUID, str]:
-    """An API key's agent and its name: 401 for no or an unknown key, 403 once revoked."""
+) -> tuple[uuid.UUID, str, str]:
+    """An API key's agent, its name and owner: 401 for no or an unknown key, 403 once revoked."""
     digest = agents.key_digest(bearer(authorization))
     async with pool.connection() as conn:
         row = await (await conn.execute(_AGENT_PROFILE, (digest,))).fetchone()
@@ -77,9 +104,9 @@ async def _agent_profile(
         raise Problem(
             401, "unknown API key", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"}
         )
-    if row[2]:
+    if row[3]:
         raise Problem(403, "this API key has been revoked", slug="revoked")
-    return row[0], row[1]
+    return row[0], row[1], row[2]
 
 
 @router.get(
@@ -91,7 +118,7 @@ async def _agent_profile(
 )
 async def agent_me(request: Request, response: Response) -> AgentMeOut:
     state = request.app.state
-    agent_id, name = await _agent_profile(state.pool, request.headers.get("authorization"))
+    agent_id, name, owner = await _agent_profile(state.pool, request.headers.get("authorization"))
     limiter: RateLimiter = state.limiter
     decision = await limiter.peek(str(agent_id))
     response.headers.update(limiter.headers(decision))
@@ -101,7 +128,7 @@ async def agent_me(request: Request, response: Response) -> AgentMeOut:
         remaining=decision.remaining,
         reset_seconds=round(decision.reset, 3),
     )
-    return AgentMeOut(agent_id=agent_id, name=name, rate_limit=rate_limit)
+    return AgentMeOut(agent_id=agent_id, name=name, owner=owner, rate_limit=rate_limit)
 
 
 @router.post(
@@ -119,6 +146,33 @@ async def create_item(body: ItemIn, request: Request) -> ItemOut:
     except catalogue.AlreadyExists:
         raise Problem(409, f"item {body.item_id!r} already exists", slug="duplicate-item")
     return ItemOut(**body.model_dump(), position=position)
+
+
+@router.get(
+    "/api/v1/items/{item_id}/votes",
+    response_model=VoteAuditOut,
+    dependencies=_OPERATOR,
+    summary="The item's current votes, agent by agent, with their owners (operator)",
+    description="Each agent's current up or down vote on the item (retracted votes are not "
+    "listed), its owner, when it was cast and whether the agent's key is revoked (its votes "
+    "stand), read from the command side's own records. Paged in agent order: pass "
+    "`next_cursor` as `cursor`. 404 for an item not in the catalogue.",
+)
+async def item_votes(
+    request: Request,
+    item_id: Annotated[
+        str, Path(min_length=1, max_length=ITEM_ID_MAX_LENGTH, pattern=ITEM_ID_PATTERN)
+    ],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[uuid.UUID | None, Query(description="A page's `next_cursor`")] = None,
+) -> VoteAuditOut:
+    try:
+        page = await audit.item_votes(request.app.state.pool, item_id, limit, cursor)
+    except audit.UnknownItem:
+        raise Problem(404, f"no item {item_id!r} in the catalogue", slug="unknown-item")
+    votes = [AuditedVoteOut(**asdict(vote)) for vote in page.votes]
+    next_cursor = str(page.next_cursor) if page.next_cursor else None
+    return VoteAuditOut(item_id=item_id, votes=votes, next_cursor=next_cursor)
 
 
 _HOME = """<!doctype html>

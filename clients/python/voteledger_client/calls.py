@@ -57,8 +57,9 @@ class Calls:
             body=msgspec.json.encode({"item_id": item_id, "vote": vote}),
         )
 
-    def create_agent(self, name: str) -> Call[Agent]:
-        return self._operator_post("/api/v1/agents", {"name": name}, _agent)
+    def create_agent(self, name: str, owner: str | None = None) -> Call[Agent]:
+        body = {"name": name} if owner is None else {"name": name, "owner": owner}
+        return self._operator_post("/api/v1/agents", body, _agent)
 
     def add_item(self, item_id: str, item_type: ItemType, title: str) -> Call[Item]:
         body = {"item_id": item_id, "item_type": item_type, "title": title}

@@ -105,6 +105,9 @@ class Agent(msgspec.Struct, frozen=True):
     agent_id: uuid.UUID
     api_key: str
     position: int
+    # Whose agent it is: the owner it was registered for, or its own agent_id as text. None
+    # only from a server that predates owners.
+    owner: str | None = None
 
 
 class Item(msgspec.Struct, frozen=True):

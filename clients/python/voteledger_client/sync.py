@@ -103,9 +103,10 @@ class Client:
         at = At(voted.position, wait_ms)
         return VoteAndRead(voted, self.send(self._calls.item(item_id, at, own_position=True)))
 
-    def create_agent(self, name: str = "") -> Agent:
-        """Register an agent (operator): its id and API key, shown only this once."""
-        return self.send(self._calls.create_agent(name))
+    def create_agent(self, name: str = "", owner: str | None = None) -> Agent:
+        """Register an agent (operator) for `owner` (default: its own owner): its id, owner and
+        API key, shown only this once."""
+        return self.send(self._calls.create_agent(name, owner))
 
     def add_item(self, item_id: str, item_type: ItemType, title: str) -> Item:
         """List a song or tool in the catalogue (operator)."""
