@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from events.store import Checkpoint
-from projections import generations
+from projections import generations, snapshot_store
 from projections.model import (
     Changes,
     DayTotals,
@@ -168,21 +168,36 @@ class PostgresStore:
             cur = await self.conn.execute(q["advance"], _advance_params(state, step, fence, epoch))
             if cur.rowcount != 1:
                 raise Fenced("postgres checkpoint moved or a newer lease holder wrote")
-            if state.epoch is not None and epoch is not None and epoch != state.epoch:
-                factor = rescale_factor(state.epoch, epoch, half_life)
-                rescale = {"factor": factor, "keep": keep_above(factor)}
-                await self.conn.execute(q["rescale"], rescale)
-            if changes.items:
-                await self.conn.execute(q["items"], (_json(changes.items),))
-            if changes.days:
-                await self.conn.execute(q["days"], (_json(_by_day(changes)),))
+            # In pieces split where UTC days close: each closed day's charts are snapshotted
+            # between them (projections.snapshots), in this transaction.
+            before = state.epoch
+            for piece in await snapshot_store.pieces(self.conn, generation, state, step, half_life):
+                await snapshot_store.close_days(self.conn, generation, piece, before, half_life)
+                before = await self._increments(generation, before, piece.changes, half_life)
         return advanced(state, step)
+
+    async def _increments(
+        self, generation: int, before: float | None, changes: Changes, half_life: float
+    ) -> float | None:
+        """Apply `changes` after the trending epoch `before`; returns the epoch after them."""
+        q = statements(generation)
+        epoch = changes.epoch if changes.epoch is not None else before
+        if before is not None and epoch is not None and epoch != before:
+            factor = rescale_factor(before, epoch, half_life)
+            rescale = {"factor": factor, "keep": keep_above(factor)}
+            await self.conn.execute(q["rescale"], rescale)
+        if changes.items:
+            await self.conn.execute(q["items"], (_json(changes.items),))
+        if changes.days:
+            await self.conn.execute(q["days"], (_json(_by_day(changes)),))
+        return epoch
 
     async def write(self, generation: int, model: Changes, state: State) -> None:
         q = statements(generation)
         async with self.conn.transaction():
             await self.conn.execute(q["drop"])
             await self.conn.execute(_CREATE, (generation,))
+            await self.conn.execute(snapshot_store.CREATE, (generation,))
             async with self.conn.cursor().copy(q["copy_items"]) as copy:
                 for item_id, t in model.items.items():
                     await copy.write_row(_item_row(item_id, t))

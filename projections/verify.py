@@ -21,6 +21,7 @@ import psycopg
 from events import store
 from events.store import Checkpoint
 from events.types import Recorded
+from projections import snapshot_verify
 from projections.model import Changes, DayTotals, decayed, fold, merge
 from projections.readmodel import Coverage, Difference, Dump, ReadModelStore
 
@@ -154,6 +155,7 @@ async def check(
     if checkpoint not in folds:
         folds[checkpoint] = await ledger_fold(ledger, checkpoint, half_life)
     found = differences(store.name, dump, folds[checkpoint], half_life, limit)
+    found += await snapshot_verify.check(store, generation, ledger, half_life, limit)
     await foldable_after(ledger, checkpoint)
     return Outcome(store.name, generation, checkpoint, len(dump.model.items), found)
 
