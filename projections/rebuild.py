@@ -27,9 +27,11 @@ import psycopg
 from events import store
 from events.store import Checkpoint
 from infra.settings import Settings
-from projections import verify
-from projections.model import Changes, fold, merge
+from projections import snapshots, verify
+from projections.model import Changes
+from projections.postgres_store import PostgresStore
 from projections.readmodel import Fenced, ReadModelStore, State, step_for
+from projections.snapshot_store import Spool
 from projections.stores import connect, open_store
 from projections.watermark import Watermark
 
@@ -64,6 +66,7 @@ class Report:
 class Folded:
     model: Changes
     state: State
+    days: Spool  # the days the fold closed, for the PostgreSQL read models
 
 
 async def _fold_ledger(
@@ -71,7 +74,8 @@ async def _fold_ledger(
 ) -> Folded:
     """Everything the gap-safe reader can see now, folded in memory."""
     progress.phase("folding the ledger", total=await store.head(conn))
-    model, tracker, checkpoint, count = Changes(), Watermark(), Checkpoint(), 0
+    tracker, checkpoint, count, spool = Watermark(), Checkpoint(), 0, Spool()
+    days = snapshots.DayFold(half_life, spool.add, Changes())  # closes days on the way
     while True:
         try:
             batch = await store.read_batch(conn, checkpoint, _BULK_BATCH)
@@ -79,13 +83,14 @@ async def _fold_ledger(
             raise RebuildError(f"cannot fold the event at {exc}") from exc
         tracker.observe(batch)
         if batch.events:
-            model = merge(model, fold(batch.events, model.epoch, half_life), half_life)
+            days.add(batch.events)
             checkpoint = batch.checkpoint or checkpoint
             count += len(batch.events)
             progress.advance(len(batch.events))
         if batch.complete:
+            model, spool.open_day = days.model, days.open_day
             state = State(checkpoint, tracker.value, model.epoch, count, head=batch.allocated)
-            return Folded(model, state)
+            return Folded(model, state, spool)
 
 
 @dataclass(slots=True)
@@ -111,6 +116,7 @@ class _Building:
             reached = self.tracker.observe(batch)
             if batch.events or reached != self.state.watermark:
                 step = step_for(batch, self.state, reached, self.half_life)
+                step = snapshots.with_events(step, batch.events)
                 self.state = await self.target.apply(
                     self.generation, self.state, step, 0, self.half_life
                 )
@@ -223,6 +229,8 @@ async def _write_checked(
     the fresh fold, before anything else moves it."""
     progress.phase(f"{target.name}: writing generation {generation}", total=None)
     await target.write(generation, folded.model, folded.state)
+    if isinstance(target, PostgresStore):
+        await folded.days.write(target.conn, generation)
     dump = await target.dump(generation)
     found = verify.differences(target.name, dump, folded.model, half_life)
     if found:

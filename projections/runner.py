@@ -26,6 +26,7 @@ from events import partitions, store
 from events.store import Batch, Checkpoint, Undecodable
 from infra import metrics as m
 from infra.settings import Settings
+from projections import snapshots
 from projections.health import Reporter
 from projections.lease import Lease, LeaseLost, sleep_or_stop
 from projections.readmodel import Broken, Fenced, ReadModelStore, State, step_for
@@ -255,6 +256,7 @@ class ProjectionRunner:
         step = step_for(
             batch, state, watermark, self.half_life, lambda e: read.fold(e, self.half_life)
         )
+        step = snapshots.with_events(step, batch.events)  # days close where its events say
         started = time.perf_counter()
         state = await target.apply(generation, state, step, fence, self.half_life)
         m.PROJECTION_APPLY_SECONDS.labels(self.name).observe(time.perf_counter() - started)

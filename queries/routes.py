@@ -29,6 +29,7 @@ from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, ItemType
 from infra.metrics import metrics_response
 from infra.openapi import json_response
 from infra.problems import Problem
+from queries import history
 from queries.answers import NOT_YET_STATUS
 from queries.shapes import (
     BadCursor,
@@ -102,6 +103,7 @@ _LIST_DOC: dict[str, Any] = {
         **_POSITION_ERRORS,
     },
 }
+_AS_OF_LIST_DOC = {**_LIST_DOC, "responses": {**_LIST_DOC["responses"], **history.AS_OF_DOC}}
 _ITEM_DOC: dict[str, Any] = {
     "response_class": Response,
     "responses": {
@@ -178,7 +180,7 @@ async def answer_item(side: ReadSide, item_id: str, ask: Ask) -> Response:
     return response
 
 
-@router.get("/api/v1/top", summary="All-time rankings", **_LIST_DOC)
+@router.get("/api/v1/top", summary="All-time rankings", **_AS_OF_LIST_DOC)
 async def top(
     *,
     side: Side,
@@ -187,8 +189,11 @@ async def top(
     limit: LimitParam = 50,
     cursor: CursorParam = None,
     min_votes: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    as_of: history.AsOf = None,
     ask: Asked,
 ) -> Response:
+    if as_of is not None:  # from the day's snapshot (min_votes does not apply to one)
+        return await history.answer_as_of(side, sort, item_type, as_of, limit, cursor, ask)
     name: ListName = "top" if sort == "net" else "confidence"
     query = ListQuery(name, item_type, limit, cursor, min_votes)
     return await answer_list(side, query, ask)
@@ -208,15 +213,18 @@ async def daily(
     return await answer_list(side, query, ask)
 
 
-@router.get("/api/v1/trending", summary="Time-decayed net votes", **_LIST_DOC)
+@router.get("/api/v1/trending", summary="Time-decayed net votes", **_AS_OF_LIST_DOC)
 async def trending(
     *,
     side: Side,
     item_type: ItemTypeParam,
     limit: LimitParam = 50,
     cursor: CursorParam = None,
+    as_of: history.AsOf = None,
     ask: Asked,
 ) -> Response:
+    if as_of is not None:
+        return await history.answer_as_of(side, "trending", item_type, as_of, limit, cursor, ask)
     query = ListQuery("trending", item_type, limit, cursor)
     return await answer_list(side, query, ask)
 

@@ -1,0 +1,125 @@
+"""verify for the daily chart snapshots: the hash chain, and the rows against a fold of the ledger.
+
+1. The chain: each stored day's digest is recomputed from its stored rows and the previous day's
+   digest; days must follow each other. An edited row breaks the chain at its day.
+2. The rows: the ledger is folded in read order up to the checkpoint of the last stored day,
+   closing days as the projector does (projections.snapshots.DayFold), and every stored day's
+   rows are compared with the charts of that fold (trending within a relative 1e-9).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, timedelta
+
+import psycopg
+
+from events import store
+from events.types import Recorded
+from projections import snapshot_store, snapshots
+from projections.model import Changes
+from projections.postgres_store import PostgresStore
+from projections.readmodel import Difference, ReadModelStore
+from projections.snapshots import Closed, Row
+
+_STORE = "postgres"
+
+
+async def check(
+    target: ReadModelStore,
+    generation: int,
+    ledger: psycopg.AsyncConnection,
+    half_life: float,
+    limit: int = 20,
+) -> list[Difference]:
+    """How the generation's snapshots differ from their chain and from the ledger (none for a
+    store without snapshots)."""
+    if not isinstance(target, PostgresStore):
+        return []
+    conn = target.conn
+    stored = await snapshot_store.days(conn, generation)
+    if not stored:
+        return []
+    found = await chain(conn, generation, stored)
+    if len(found) < limit:
+        found += await against_ledger(conn, generation, stored, ledger, half_life, limit)
+    return found[:limit]
+
+
+async def chain(
+    conn: psycopg.AsyncConnection, generation: int, stored: list[snapshot_store.Day]
+) -> list[Difference]:
+    """Where the stored chain breaks: a digest its rows and predecessor do not give, a link
+    naming another predecessor, or a missing day."""
+    found: list[Difference] = []
+    last: date | None = None
+    for link, previous in snapshot_store.iter_chain(stored):
+        key = f"snapshot {link.day}"
+        if last is not None and link.day != last + timedelta(days=1):
+            found.append(Difference(_STORE, key, "chain", f"{last + timedelta(days=1)}", "missing"))
+        if link.previous != previous:
+            found.append(Difference(_STORE, key, "previous", previous, link.previous))
+        rows = await snapshot_store.rows(conn, generation, link.day)
+        recomputed = snapshots.digest(link.day, rows, link.previous)
+        if recomputed != link.digest:
+            found.append(Difference(_STORE, key, "digest", recomputed, link.digest))
+        last = link.day
+    return found
+
+
+async def against_ledger(
+    conn: psycopg.AsyncConnection,
+    generation: int,
+    stored: list[snapshot_store.Day],
+    ledger: psycopg.AsyncConnection,
+    half_life: float,
+    limit: int,
+) -> list[Difference]:
+    """Stored rows that differ from the charts of a fold of the ledger up to each day's close."""
+    wanted = {link.day for link in stored}
+    closed: list[Closed] = []
+    days = snapshots.DayFold(half_life, closed.append, Changes())
+    found: list[Difference] = []
+
+    async def compare() -> None:
+        for day in closed:
+            if day.day in wanted and len(found) < limit:
+                rows = await snapshot_store.rows(conn, generation, day.day)
+                found.extend(differences(day.day, day.rows, rows))
+        closed.clear()
+
+    chunk: list[Recorded] = []
+    async for recorded in store.read_upto(ledger, stored[-1].checkpoint):
+        chunk.append(recorded)
+        if len(chunk) >= 20_000:
+            days.add(chunk)
+            chunk = []
+            await compare()
+    days.add(chunk)
+    days.close_through(stored[-1].day)
+    await compare()
+    return found
+
+
+def differences(day: date, expected: list[Row], actual: list[Row]) -> list[Difference]:
+    """Rows of one day that differ: placement (rank) and score, by chart, type and item."""
+    want = {(r.chart, r.item_type, r.item_id): r for r in expected}
+    got = {(r.chart, r.item_type, r.item_id): r for r in actual}
+    found = []
+    for key in sorted(want.keys() | got.keys()):
+        w, g = want.get(key), got.get(key)
+        label = f"snapshot {day} {key[0]} {key[1]} {key[2]}"
+        if w is None or g is None:
+            found.append(Difference(_STORE, label, "presence", w is not None, g is not None))
+            continue
+        if w.rank != g.rank:
+            found.append(Difference(_STORE, label, "rank", w.rank, g.rank))
+        if not _same(w.chart, w.score, g.score):
+            found.append(Difference(_STORE, label, "score", w.score, g.score))
+    return found
+
+
+def _same(chart: str, want: float, got: float) -> bool:
+    if chart == "trending":
+        return math.isclose(want, got, rel_tol=1e-9, abs_tol=1e-12)
+    return want == got
