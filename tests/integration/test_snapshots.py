@@ -26,6 +26,7 @@ from projections import snapshot_verify, snapshots, verify
 from projections.model import wilson_lower_bound
 from projections.postgres_store import PostgresStore
 from projections.readmodel import step_for
+from projections.rebuild import rebuild
 from projections.watermark import Watermark
 from queries.app import create_app
 from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
@@ -260,6 +261,14 @@ async def test_bad_input_is_a_problem(stack: Stack, path: str, status: int) -> N
     assert answer.headers["content-type"] == "application/problem+json"
 
 
+class _Quiet:
+    def phase(self, name: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+
 async def _verify(settings: Settings) -> list[verify.Difference]:
     async with (
         await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as ledger,
@@ -269,15 +278,26 @@ async def _verify(settings: Settings) -> list[verify.Difference]:
         return await snapshot_verify.check(target, await target.live(), ledger, HALF_LIFE)
 
 
-async def test_verify_finds_an_edited_snapshot_row_by_its_day(redis_url: str) -> None:
-    """verify passes on the snapshots as projected, and an edited row breaks the chain at its
-    day (and differs from the ledger's fold there)."""
+async def _digests(settings: Settings) -> list[tuple[date, str]]:
+    with psycopg.connect(settings.database_url) as conn:
+        [(generation,)] = conn.execute("SELECT generation FROM read_model_generation").fetchall()
+        query = f"SELECT day, digest FROM rm_g{generation}.snapshot_days ORDER BY day"
+        return [(day, digest) for day, digest in conn.execute(query).fetchall()]
+
+
+async def test_verify_finds_an_edited_snapshot_row_by_its_day(redis_url: str, stack: Stack) -> None:
+    """Another split into batches, and a rebuild, close the same days with the same digests;
+    verify passes on them, and an edited row breaks the chain at its day (and differs from the
+    ledger's fold there)."""
     with _ledger_db(redis_url) as (settings, _):
-        await project(settings, batch=100)  # another split: the same days close
+        await project(settings, batch=100)
+        assert await _digests(settings) == await _digests(stack.settings)
+        await rebuild(settings, ("postgres",), _Quiet())
+        assert await _digests(settings) == await _digests(stack.settings)
         assert await _verify(settings) == []
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             conn.execute(
-                "UPDATE rm_g1.snapshot_rows SET score = score + 1"
+                "UPDATE rm_g2.snapshot_rows SET score = score + 1"
                 " WHERE day = %s AND chart = 'net' AND rank = 1",
                 (CLOSED[1],),
             )
