@@ -1,0 +1,93 @@
+"""The pure snapshot rules: when days close, whatever the split into batches; the digest."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events.store import Checkpoint
+from events.types import ItemListed, Recorded, VoteCast
+from projections import snapshots
+from projections.model import Changes
+from projections.snapshots import Closed, Row
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+AGENT = uuid.UUID(int=1)
+
+
+def _ledger(offsets: list[int]) -> list[Recorded]:
+    """A vote per offset (hours after START, read in the order given: late commits included)."""
+    events = [Recorded(1, 1, START, ItemListed("song-a", "song", "A"))]
+    previous = "none"
+    for n, hours in enumerate(offsets, start=2):
+        direction = "up" if previous != "up" else "down"
+        vote = VoteCast(AGENT, "song-a", "song", direction, previous)  # type: ignore[arg-type]
+        events.append(Recorded(n, n, START + timedelta(hours=hours), vote))
+        previous = direction
+    return events
+
+
+def _days(events: list[Recorded], cuts: list[int]) -> list[Closed]:
+    closed: list[Closed] = []
+    fold = snapshots.DayFold(3600.0, closed.append, Changes())
+    start = 0
+    for cut in [*sorted(cuts), len(events)]:
+        fold.add(events[start:cut])
+        start = cut
+    return closed
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 24 * 6), min_size=1, max_size=25),
+    st.lists(st.integers(0, 26), max_size=4),
+)
+def test_days_close_the_same_whatever_the_split(offsets: list[int], cuts: list[int]) -> None:
+    """Folding in any batches closes the same days with the same rows and digests; every day
+    from the first event's to the day before the latest is closed, chained in order."""
+    events = _ledger(offsets)
+    whole = _days(events, [])
+    split = _days(events, [min(c, len(events)) for c in cuts])
+    assert [(c.day, c.digest, c.checkpoint) for c in split] == [
+        (c.day, c.digest, c.checkpoint) for c in whole
+    ]
+    latest = max(snapshots.day_of(r) for r in events)
+    assert [c.day for c in whole] == snapshots.days_between(START.date(), latest)[:-1]
+    for before, after in itertools.pairwise(whole):
+        assert after.previous == before.digest
+
+
+def test_an_event_read_late_counts_in_the_open_day() -> None:
+    """An event recorded on day 1 but read after one of day 2 counts in day 2's charts."""
+    events = _ledger([1, 30, 20, 50])  # hours: day 0, day 1, day 0 (late), day 2
+    closed = _days(events, [])
+    assert [c.day for c in closed] == [date(2026, 1, 1), date(2026, 1, 2)]
+    net = {c.day: [r.score for r in c.rows if r.chart == "net"] for c in closed}
+    assert net == {date(2026, 1, 1): [1], date(2026, 1, 2): [1]}  # up, down, up (late)
+
+
+def test_the_digest_covers_every_field_and_the_previous_link() -> None:
+    day = date(2026, 1, 1)
+    rows = [Row(day, "net", "song", 1, "song-a", 2), Row(day, "trending", "song", 1, "a", 0.5)]
+    digest = snapshots.digest(day, rows, "")
+    assert digest == snapshots.digest(day, list(reversed(rows)), "")
+    changed = [
+        [Row(day, "net", "song", 1, "song-a", 3), rows[1]],
+        [Row(day, "net", "song", 2, "song-a", 2), rows[1]],
+        [Row(day, "net", "song", 1, "song-b", 2), rows[1]],
+        [Row(day, "net", "song", 1, "song-a", 2.5), rows[1]],
+        [rows[0], Row(day, "trending", "song", 1, "a", 0.5000000001)],
+        rows[:1],
+    ]
+    assert all(snapshots.digest(day, other, "") != digest for other in changed)
+    assert snapshots.digest(day, rows, "x") != digest
+    assert snapshots.digest(day + timedelta(days=1), rows, "") != digest
+    assert (
+        snapshots.score_text("net", 2.0) == "2"
+        and snapshots.score_text("net", 2.5) == "0x1.4000000000000p+1"
+    )
+    assert Checkpoint() == Checkpoint(0, 0)
