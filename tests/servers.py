@@ -39,6 +39,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "VOTELEDGER_CHANGES_STREAM_MAX": str(settings.changes_stream_max),
         "VOTELEDGER_DAILY_RETENTION_DAYS": str(settings.daily_retention_days),
         "VOTELEDGER_TRENDING_HALF_LIFE_HOURS": str(settings.trending_half_life_seconds / 3600),
+        "VOTELEDGER_MAX_AGENTS_PER_OWNER": str(settings.max_agents_per_owner or ""),
     }
 
 
