@@ -112,8 +112,8 @@ async def pieces(
         segments, new_open = snapshots.split(events, open_day)
     elif step.last_event_at is not None:  # no events at hand: the batch is taken as one day
         day = step.last_event_at.astimezone(UTC).date()
-        closes = snapshots.days_between(open_day, day)[:-1] if open_day else []
-        segments = [snapshots.Segment(tuple(closes), [])]
+        closes = snapshots.closing(open_day, day) if open_day else ()
+        segments = [snapshots.Segment(closes, [])]
         new_open = max(day, open_day) if open_day else day
     else:
         return [Piece((), state.checkpoint, step.changes)]

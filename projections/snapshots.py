@@ -8,7 +8,8 @@ rebuild and verify close the same days at the same events:
 - the *open day* is the UTC day of the first event applied; an event recorded on a later UTC day
   than the open day closes every day from the open day up to the day before its own, BEFORE it is
   applied, and its day becomes the open day. A day with no events is closed too (same charts,
-  trending decayed further, the next link of the chain).
+  trending decayed further, the next link of the chain), up to MAX_CLOSES days per event: a gap
+  longer than that (a clock that jumped) keeps the open day and the days just before the event.
 - an event recorded on or before the open day counts in the open day: an event recorded before
   midnight whose transaction committed after a later event was read counts in the next day.
 
@@ -39,6 +40,7 @@ from projections.readmodel import Step
 CHARTS = ("net", "confidence", "independent", "trending")
 INTEGER_CHARTS = frozenset({"net", "independent"})
 ITEM_TYPES = ("song", "tool")
+MAX_CLOSES = 32  # days one event may close (see `closing`)
 _DIGITS = 12  # significant digits of a trending score in a snapshot (see the docstring)
 
 
@@ -104,6 +106,18 @@ def days_between(first: date, last: date) -> list[date]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
+def closing(open_day: date, day: date) -> tuple[date, ...]:
+    """The days an event recorded on `day` closes when `open_day` is open: every day from the open
+    day to the day before its own, but at most MAX_CLOSES (the open day and the days just before
+    its own), so that a clock jumping years ahead closes a month of days, not years of them."""
+    gap = (day - open_day).days
+    if gap <= 0:
+        return ()
+    if gap <= MAX_CLOSES:
+        return tuple(days_between(open_day, day - timedelta(days=1)))
+    return (open_day, *days_between(day - timedelta(days=MAX_CLOSES - 1), day - timedelta(days=1)))
+
+
 @dataclass(frozen=True, slots=True)
 class Segment:
     """Events to apply after closing `closes` (oldest first)."""
@@ -122,7 +136,7 @@ def split(events: Iterable[Recorded], open_day: date | None) -> tuple[list[Segme
         if open_day is not None and day > open_day:
             if current or closes:
                 segments.append(Segment(closes, current))
-            closes, current = tuple(days_between(open_day, day - timedelta(days=1))), []
+            closes, current = closing(open_day, day), []
         if open_day is None or day > open_day:
             open_day = day
         current.append(recorded)
@@ -217,7 +231,7 @@ class DayFold:
     def close_through(self, last: date) -> None:
         """Close the days from the open day through `last`, as the next event would."""
         if self.open_day is not None:
-            self._close(days_between(self.open_day, last))
+            self._close(closing(self.open_day, last + timedelta(days=1)))
             self.open_day = max(self.open_day, last + timedelta(days=1))
 
     def _close(self, days: Iterable[date]) -> None:

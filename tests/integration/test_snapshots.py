@@ -53,11 +53,22 @@ def _ledger() -> list[tuple[Event, datetime]]:
     ]
     ledger += [(ItemListed(item_id=i, item_type=t, title=i.upper()), _at(0, 0.5)) for i, t in items]
     plan = [  # (day, hour, agent, item, direction)
-        (0, 1, 0, 0, "up"), (0, 2, 1, 0, "up"), (0, 3, 2, 1, "up"), (0, 4, 3, 2, "down"),
-        (0, 5, 0, 4, "up"), (0, 23.5, 2, 5, "up"), (1, 1, 1, 1, "up"), (1, 2, 3, 1, "up"),
-        (1, 6, 0, 0, "down"), (1, 9, 2, 4, "down"), (1, 12, 3, 6, "up"), (3, 3, 2, 2, "up"),
-        (3, 4, 1, 0, "none"), (3, 20, 0, 3, "up"), (4, 1, 3, 3, "down"),
-    ]  # fmt: skip
+        (0, 1, 0, 0, "up"),
+        (0, 2, 1, 0, "up"),
+        (0, 3, 2, 1, "up"),
+        (0, 4, 3, 2, "down"),
+        (0, 5, 0, 4, "up"),
+        (0, 23.5, 2, 5, "up"),
+        (1, 1, 1, 1, "up"),
+        (1, 2, 3, 1, "up"),
+        (1, 6, 0, 0, "down"),
+        (1, 9, 2, 4, "down"),
+        (1, 12, 3, 6, "up"),
+        (3, 3, 2, 2, "up"),
+        (3, 4, 1, 0, "none"),
+        (3, 20, 0, 3, "up"),
+        (4, 1, 3, 3, "down"),
+    ]
     current: dict[tuple[int, int], str] = {}
     for day, hour, agent, item, direction in plan:
         previous = current.get((agent, item), "none")

@@ -91,3 +91,15 @@ def test_the_digest_covers_every_field_and_the_previous_link() -> None:
         and snapshots.score_text("net", 2.5) == "0x1.4000000000000p+1"
     )
     assert Checkpoint() == Checkpoint(0, 0)
+
+
+def test_a_clock_jump_closes_at_most_a_month_of_days() -> None:
+    """An event years after the open day closes the open day and the days just before its own;
+    an event on or before the open day closes none (also at the ends of the calendar)."""
+    open_day, later = date(2026, 1, 1), date(2100, 1, 1)
+    closes = snapshots.closing(open_day, later)
+    assert len(closes) == snapshots.MAX_CLOSES
+    assert closes[0] == open_day and closes[-1] == later - timedelta(days=1)
+    assert closes[1:] == tuple(snapshots.days_between(closes[1], closes[-1]))
+    assert snapshots.closing(open_day, date(1, 1, 1)) == ()
+    assert snapshots.closing(open_day, date(2026, 1, 3)) == (open_day, date(2026, 1, 2))
