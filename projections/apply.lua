@@ -16,7 +16,8 @@ local function refused(reason)
     return cjson.encode({applied = false, reason = reason})
 end
 
-local cur = redis.call('HMGET', meta, 'tx_id', 'position', 'fence', 'epoch', 'retired', 'dirty')
+local cur = redis.call('HMGET', meta, 'tx_id', 'position', 'fence', 'epoch', 'retired', 'dirty',
+                       'independent')
 -- An earlier batch failed after its first write (Redis keeps what a failed script wrote):
 -- applying anything now would count part of that batch twice. Only a rebuild can mend it.
 if cur[6] then
@@ -32,6 +33,11 @@ if (cur[1] or '0') ~= a.from_tx or (cur[2] or '0') ~= a.from_pos then
 end
 if tonumber(cur[3] or '0') > a.fence then
     return refused('fenced by token ' .. cur[3])
+end
+-- A generation made before the independent chart lacks its data: the worker starting on it
+-- projects it again (projections/independent_redis.py); adding to it would never mend it.
+if cur[1] and not cur[7] then
+    return refused('generation predates the independent chart')
 end
 
 local function num(x)
@@ -49,6 +55,24 @@ local function wilson(up, down)
     local v = (p + z2 / (2 * n) - z * math.sqrt((p * (1 - p) + z2 / (4 * n)) / n)) / (1 + z2 / n)
     if v < 0 then return 0 end
     return v
+end
+
+local function sign(x)
+    if x > 0 then return 1 elseif x < 0 then return -1 end
+    return 0
+end
+
+-- Adds a batch's per-owner totals of one item ([owner, value, active] each); returns what they
+-- change in the item's independent score (the sum of the owners' signs) and its owner count.
+local function add_owners(own, owners)
+    local score, count = 0, 0
+    for _, o in ipairs(owners) do
+        local value = redis.call('HINCRBY', own, 'v:' .. o[1], o[2])
+        local active = redis.call('HINCRBY', own, 'a:' .. o[1], o[3])
+        score = score + sign(value) - sign(value - o[2])
+        count = count + (active > 0 and 1 or 0) - (active - o[3] > 0 and 1 or 0)
+    end
+    return score, count
 end
 
 -- From here on the script writes: marked until the final meta update, so that a failure in
@@ -85,6 +109,11 @@ for _, it in ipairs(a.items) do
     redis.call('ZADD', ns .. ':top:' .. item_type, net, id)
     redis.call('ZADD', ns .. ':conf:' .. item_type, num(wilson(up, down)), id)
     local trend = redis.call('ZINCRBY', ns .. ':trend:' .. item_type, it.trend, id)
+    local score, count = 0, 0
+    if it.owners then score, count = add_owners(ns .. ':own:' .. id, it.owners) end
+    local independent = redis.call('HINCRBY', key, 'independent', score)
+    redis.call('HINCRBY', key, 'owners', count)
+    redis.call('ZADD', ns .. ':indep:' .. item_type, independent, id)
     changed[#changed + 1] = {item_id = id, item_type = item_type, up = up, down = down, net = net,
                              trend = trend}
 end
@@ -97,7 +126,7 @@ end
 
 -- `head`: the ledger head as the worker last saw it, so readers can refuse positions beyond it.
 redis.call('HSET', meta, 'tx_id', a.to_tx, 'position', a.to_pos, 'watermark', a.watermark,
-           'fence', a.fence, 'epoch', a.epoch, 'head', a.head)
+           'fence', a.fence, 'epoch', a.epoch, 'head', a.head, 'independent', 1)
 redis.call('HDEL', meta, 'dirty')
 -- "live": this generation has caught up with the ledger at least once, so readers may use it.
 if a.live then

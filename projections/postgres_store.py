@@ -17,13 +17,14 @@ import psycopg
 from psycopg import sql
 
 from events.store import Checkpoint
-from projections import generations, snapshot_store
+from projections import generations, independent_pg, snapshot_store
 from projections.model import (
     Changes,
     DayTotals,
     ItemTotals,
     keep_above,
     rescale_factor,
+    standings,
     wilson_lower_bound,
 )
 from projections.readmodel import Coverage, Difference, Dump, Fenced, State, Step, advanced
@@ -95,19 +96,20 @@ ON CONFLICT (day, item_id) DO UPDATE SET
 """,
     "copy_items": """
 COPY {schema}.items (item_id, item_type, title, listed_at, up, down, net, wilson, trend,
-                     first_vote_at, last_vote_at) FROM STDIN
+                     first_vote_at, last_vote_at, independent, owners) FROM STDIN
 """,
     "copy_daily": "COPY {schema}.daily (day, item_id, item_type, up, down, net) FROM STDIN",
     "set_checkpoint": """
 UPDATE {schema}.checkpoint
 SET tx_id = %s::text::xid8, position = %s, watermark = %s, trend_epoch = %s, events_applied = %s,
-    last_event_at = %s, ledger_head = %s, fence = 0, updated_at = now()
+    last_event_at = %s, ledger_head = %s, fence = 0, independent_ready = true,
+    updated_at = now()
 WHERE projection = 'postgres'
 """,
     "watermark": "SELECT watermark FROM {schema}.checkpoint WHERE projection = 'postgres'",
     "dump_items": """
 SELECT item_id, item_type, title, listed_at, up, down, net, wilson, trend, first_vote_at,
-       last_vote_at
+       last_vote_at, independent, owners
 FROM {schema}.items
 """,
     "dump_daily": "SELECT day, item_id, item_type, up, down, net FROM {schema}.daily",
@@ -156,6 +158,9 @@ class PostgresStore:
         state = await self.checkpoint(generation)
         if state is None:  # made by create_read_models with its row: never lost on its own
             raise RuntimeError(f"generation {generation} has no postgres checkpoint row")
+        # A generation from before the independent chart gets its data once, in place.
+        if not await independent_pg.ready(self.conn, generation):
+            await independent_pg.fill(self.conn, generation)
         return state
 
     async def apply(
@@ -188,6 +193,7 @@ class PostgresStore:
             await self.conn.execute(q["rescale"], rescale)
         if changes.items:
             await self.conn.execute(q["items"], (_json(changes.items),))
+            await independent_pg.apply(self.conn, generation, changes)
         if changes.days:
             await self.conn.execute(q["days"], (_json(_by_day(changes)),))
         return epoch
@@ -199,11 +205,13 @@ class PostgresStore:
             await self.conn.execute(_CREATE, (generation,))
             await self.conn.execute(snapshot_store.CREATE, (generation,))
             async with self.conn.cursor().copy(q["copy_items"]) as copy:
+                scores = standings(model.owners)
                 for item_id, t in model.items.items():
-                    await copy.write_row(_item_row(item_id, t))
+                    await copy.write_row((*_item_row(item_id, t), *scores.get(item_id, (0, 0))))
             async with self.conn.cursor().copy(q["copy_daily"]) as copy:
                 for (day, item_id), d in model.days.items():
                     await copy.write_row((day, item_id, d.item_type, d.up, d.down, d.net))
+            await independent_pg.write(self.conn, generation, model)
             await self.conn.execute(q["set_checkpoint"], _checkpoint_row(state))
 
     async def dump(self, generation: int) -> Dump:
@@ -218,6 +226,7 @@ class PostgresStore:
                 broken += _read_item(model, row)
             async for row in await self.conn.execute(q["dump_daily"]):
                 broken += _read_day(model, row)
+            broken += await independent_pg.dump(self.conn, generation, model)
         return Dump(model, broken, state, Coverage())
 
     async def switch(self, old: int, new: int) -> bool:
@@ -274,9 +283,9 @@ def _checkpoint_row(state: State) -> tuple[object, ...]:
 def _read_item(model: Changes, row: tuple[Any, ...]) -> list[Difference]:
     """Add one dumped item row to `model`; its derived columns (net, wilson) that disagree with
     its own counts."""
-    item_id, item_type, title, listed_at, up, down, net, wilson, trend, first, last = row
+    item_id, item_type, title, listed_at, up, down, net, wilson, trend, first, last, *more = row
     title = title if listed_at else None
-    totals = ItemTotals(item_type, title, listed_at, up, down, first, last, trend)
+    totals = ItemTotals(item_type, title, listed_at, up, down, first, last, trend, *more)
     model.items[item_id] = totals
     key, broken = f"item {item_id}", []
     if net != totals.net:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 
-# The kinds of key an old generation held (`{<p>:g<N>}:<kind>...`), nothing else.
-_LEGACY_KINDS = ("meta", "item:", "top:", "conf:", "trend:", "daily:", "changes", "pending")
+# The kinds of key a generation holds, under the old names (`{<p>:g<N>}:<kind>...`), nothing else.
+_LEGACY_KINDS: tuple[str, ...] = ("meta", "item:", "top:", "conf:", "trend:", "daily:", "changes")
+_LEGACY_KINDS += ("pending", "indep:", "own:")  # the last two: projections.independent_redis
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 

@@ -12,6 +12,7 @@ script may touch any of them and Redis Cluster keeps them in one slot. One gener
   {p}:gN:daily:<type>:<date>   zset: net gained that UTC day (expires after the kept days)
   {p}:gN:changes               stream (capped) and pub/sub channel of change notices
   {p}:gN:pending               hash: changed items waiting for the watermark to move
+  (and the independent chart's keys: projections.independent_redis)
 
 The pointer `{<prefix>}:generation` and the owner `{<prefix>}:ledger` (the id of the ledger these
 read models are of: another ledger's are cleared, never projected onto) belong to
@@ -21,7 +22,6 @@ projections.generations.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import get_args
@@ -33,9 +33,11 @@ from redis.asyncio.client import Pipeline
 from events.store import Checkpoint
 from events.types import ItemType
 from infra import scripts
-from projections import generations, redis_keys
-from projections.model import Changes, DayTotals, ItemTotals, keep_above, rescale_factor
-from projections.readmodel import Broken, Coverage, Difference, Dump, Fenced, State, Step, advanced
+from projections import generations, independent_redis, redis_dump, redis_keys
+from projections.independent_redis import OwnerChange
+from projections.model import Changes, DayTotals, keep_above, rescale_factor
+from projections.readmodel import Broken, Coverage, Dump, Fenced, State, Step, advanced
+from projections.redis_dump import DumpArgs
 
 log = logging.getLogger("voteledger.projections")
 
@@ -83,6 +85,7 @@ class ItemChange(msgspec.Struct, frozen=True, omit_defaults=True):
     down: int
     trend: str  # repr of a double: Lua would print it with 14 digits
     title: str | None = None  # only when the batch listed the item
+    owners: list[OwnerChange] = []  # what the batch adds per owner of the item's voters
 
 
 class DayChange(msgspec.Struct, frozen=True):
@@ -121,37 +124,7 @@ class ApplyResult(msgspec.Struct, frozen=True):
     broken: bool = False  # an earlier batch failed halfway: nothing applies until a rebuild
 
 
-class DumpArgs(msgspec.Struct, frozen=True):
-    item_types: list[str]
-    dates: list[str]
-
-
-class DumpedItem(msgspec.Struct, frozen=True):
-    item_id: str
-    top: str
-    up: str = "0"
-    down: str = "0"
-    net: str = "0"
-    item_type: str | None = None
-    title: str | None = None
-    conf: str | None = None
-    trend: str | None = None
-
-
-class DumpedDay(msgspec.Struct, frozen=True):
-    day: str
-    item_type: str
-    scores: list[str]  # member, score, member, score, ...
-
-
-class DumpReply(msgspec.Struct, frozen=True):
-    meta: dict[str, str]
-    items: list[DumpedItem] = []
-    days: list[DumpedDay] = []
-
-
 _apply_result = msgspec.json.Decoder(ApplyResult)
-_dump_reply = msgspec.json.Decoder(DumpReply)
 _ITEM_TYPES: list[str] = list(get_args(ItemType))
 
 
@@ -224,12 +197,15 @@ class RedisStore:
         # First start (or a flushed Redis): readers learn the generation from the pointer.
         await generations.claim_redis(self.client, self.prefix, generation)
         state = await self.checkpoint(generation)
-        if state is not None:
+        meta = meta_key(self.prefix, generation)
+        if state is not None and not await independent_redis.outdated(self.client, meta):
             return state
         # No checkpoint means Redis lost this generation (flushed, or restarted without
-        # persistence): rebuild it from the start of the ledger, never from "now".
+        # persistence): rebuild it from the start of the ledger, never from "now". So is one
+        # made before the independent chart, once (projections.independent_redis).
         await self.drop(generation)
-        log.warning("redis read models of generation %d missing: rebuilding", generation)
+        why = "missing" if state is None else "without the independent chart"
+        log.warning("redis read models of generation %d %s: rebuilding", generation, why)
         return State()
 
     async def apply(
@@ -251,6 +227,7 @@ class RedisStore:
         if state.epoch is not None and epoch is not None and epoch != state.epoch:
             factor = rescale_factor(state.epoch, epoch, half_life)
         keep, head = repr(keep_above(factor)), str(max(state.head, step.head))
+        owners = independent_redis.owner_changes(changes)
         return ApplyArgs(
             from_tx=str(state.checkpoint.tx_id),
             from_pos=str(state.checkpoint.position),
@@ -268,7 +245,7 @@ class RedisStore:
             live=step.caught_up,
             item_types=_ITEM_TYPES,
             items=[
-                ItemChange(i, t.item_type, t.up, t.down, repr(t.trend), t.title)
+                ItemChange(i, t.item_type, t.up, t.down, repr(t.trend), t.title, owners.get(i, []))
                 for i, t in changes.items.items()
             ],
             days=self._day_changes(changes),
@@ -317,6 +294,7 @@ class RedisStore:
             key = f"{ns}:daily:{day.item_type}:{day.day}"
             yield pipe.zadd(key, {day.item_id: day.net})
             yield pipe.expireat(key, day.expire_at)
+        yield from independent_redis.queue_writes(pipe, ns, model)
         yield pipe.hset(f"{ns}:meta", mapping=_meta(state))  # type: ignore[arg-type]
 
     async def dump(self, generation: int) -> Dump:
@@ -326,9 +304,9 @@ class RedisStore:
         days = range(-1, self.retention_days + 1)
         args = DumpArgs(_ITEM_TYPES, [(today - timedelta(days=n)).isoformat() for n in days])
         ns = namespace(self.prefix, generation)
-        reply = _dump_reply.decode(await self._dump(keys=[ns], args=[_encode(args)]))
+        reply = redis_dump.decode(await self._dump(keys=[ns], args=[_encode(args)]))
         model = Changes(epoch=float(reply.meta["epoch"]) if reply.meta.get("epoch") else None)
-        broken = [d for item in reply.items for d in _read_item(model, item)]
+        broken = [d for item in reply.items for d in redis_dump.read_item(model, item)]
         for day in reply.days:
             for member, score in zip(day.scores[::2], day.scores[1::2], strict=True):
                 totals = DayTotals(day.item_type, int(float(score)), 0)
@@ -371,7 +349,7 @@ def _meta(state: State) -> dict[str, str | int]:
     meta["watermark"] = state.watermark
     meta["epoch"] = repr(state.epoch) if state.epoch is not None else ""
     meta["events_applied"] = state.events_applied
-    meta["head"] = state.head
+    meta["head"], meta[independent_redis.MARKER] = state.head, 1
     return meta
 
 
@@ -379,18 +357,3 @@ def _meta_state(meta: dict[str, str], epoch: float | None) -> State:
     checkpoint = Checkpoint(int(meta.get("tx_id", 0)), int(meta.get("position", 0)))
     applied, head = int(meta.get("events_applied", 0)), int(meta.get("head", 0))
     return State(checkpoint, int(meta.get("watermark", 0)), epoch, applied, head=head)
-
-
-def _read_item(model: Changes, item: DumpedItem) -> list[Difference]:
-    """Add one dumped item to `model`; its sorted-set scores that disagree with its hash."""
-    totals = ItemTotals(item.item_type or "?", item.title, up=int(item.up), down=int(item.down))
-    totals.trend = float(item.trend) if item.trend is not None else math.nan
-    model.items[item.item_id] = totals
-    key, net, broken = f"item {item.item_id}", totals.net, []
-    if int(item.net) != net:
-        broken.append(Difference("redis", key, "net", net, int(item.net)))
-    if float(item.top) != net:
-        broken.append(Difference("redis", key, "top score", net, float(item.top)))
-    if item.conf is None or float(item.conf) != totals.wilson:
-        broken.append(Difference("redis", key, "confidence score", totals.wilson, item.conf))
-    return broken

@@ -22,7 +22,7 @@ from events import store
 from events.store import Checkpoint
 from events.types import Recorded
 from projections import snapshot_verify
-from projections.model import Changes, DayTotals, decayed, fold, merge
+from projections.model import Changes, DayTotals, OwnerTotals, decayed, fold, merge, settle
 from projections.readmodel import Coverage, Difference, Dump, ReadModelStore
 
 _CHUNK = 20_000
@@ -56,8 +56,10 @@ def compare(
 ) -> list[Difference]:
     """The first `limit` differences between an expected and an actual read model, on what the
     store keeps (`coverage`)."""
+    settle(expected)  # a fold's items get their independent scores (idempotent)
     found = _item_differences(store, expected, actual, half_life, at, coverage)
     found = _chain(found, _day_differences(store, expected, actual, coverage))
+    found = _chain(found, _owner_differences(store, expected, actual))
     return [d for _, d in zip(range(limit), found, strict=False)]
 
 
@@ -69,7 +71,7 @@ def _chain(*parts: Iterator[Difference]) -> Iterator[Difference]:
 def _item_differences(
     store: str, expected: Changes, actual: Changes, half_life: float, at: float, cov: Coverage
 ) -> Iterator[Difference]:
-    fields = ["item_type", "title", "up", "down"]
+    fields = ["item_type", "title", "up", "down", "independent", "owners"]
     if cov.item_times:
         fields += ["first_vote_at", "last_vote_at"]
     # Equal entries are skipped first (most are), so only differing keys are sorted and labelled.
@@ -120,6 +122,20 @@ def _day_differences(
         for name, want_value, got_value in _day_pairs(want, got, cov.daily_net_only):
             if want_value != got_value:
                 yield Difference(store, label, name, want_value, got_value)
+
+
+def _owner_differences(store: str, expected: Changes, actual: Changes) -> Iterator[Difference]:
+    """The per-(item, owner) totals; an (item, owner) with none left is the same as none."""
+    none = OwnerTotals()
+
+    def pair(key: tuple[str, str]) -> tuple[OwnerTotals, OwnerTotals]:
+        return expected.owners.get(key, none), actual.owners.get(key, none)
+
+    keys = expected.owners.keys() | actual.owners.keys()
+    for key in sorted(k for k in keys if pair(k)[0] != pair(k)[1]):
+        want, got = pair(key)
+        label = f"owner {key[1]} of item {key[0]}"
+        yield Difference(store, label, "totals", (want.value, want.active), (got.value, got.active))
 
 
 def to_json(differences: list[Difference]) -> list[dict[str, str]]:
