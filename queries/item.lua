@@ -12,7 +12,8 @@ local meta = redis.call('HMGET', ns .. ':meta', 'watermark', 'epoch', 'live', 'h
 local reply = {watermark = meta[1] or '0', live = meta[3] == '1'}
 if meta[2] then reply.epoch = meta[2] end
 if meta[4] then reply.head = meta[4] end
-local h = redis.call('HMGET', ns .. ':item:' .. id, 'item_type', 'title', 'up', 'down')
+local h = redis.call('HMGET', ns .. ':item:' .. id, 'item_type', 'title', 'up', 'down',
+                     'independent', 'owners')
 if not h[1] then
     return cjson.encode(reply)
 end
@@ -34,5 +35,8 @@ reply.item = {
     rank_trending = rank(ns .. ':trend:' .. t),
     rank_daily = rank(daily),
     daily_net = redis.call('ZSCORE', daily, id) or nil,
+    independent = tonumber(h[5] or '0'),
+    owners = tonumber(h[6] or '0'),
+    rank_independent = rank(ns .. ':indep:' .. t),
 }
 return cjson.encode(reply)

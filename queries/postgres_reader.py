@@ -30,7 +30,13 @@ from queries.shapes import (
     display,
 )
 
-_SCORE_COLUMN = {"top": "net", "confidence": "wilson", "trending": "trend", "daily": "net"}
+_SCORE_COLUMN = {
+    "top": "net",
+    "confidence": "wilson",
+    "independent": "independent",
+    "trending": "trend",
+    "daily": "net",
+}
 
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # ledger_head: every generation's checkpoint has it since 0007_projection_health.sql.
@@ -62,7 +68,9 @@ SELECT i.item_type, i.title, i.up, i.down, i.net, i.wilson, i.trend,
      AND (o.trend, o.item_id) > (i.trend, i.item_id)),
   (SELECT count(*) + 1 FROM {schema}.daily o WHERE o.item_type = i.item_type
      AND o.day = d.day AND (o.net, o.item_id) > (d.net, d.item_id)),
-  d.net
+  d.net, i.independent, i.owners,
+  (SELECT count(*) + 1 FROM {schema}.items o WHERE o.item_type = i.item_type
+     AND (o.independent, o.item_id) > (i.independent, i.item_id))
 FROM {schema}.items AS i
 LEFT JOIN {schema}.daily AS d ON d.item_id = i.item_id AND d.day = %(day)s
 WHERE i.item_id = %(item_id)s
@@ -162,7 +170,7 @@ class PostgresReader:
         return daily_series(item_id, days, nets), watermark
 
     def _detail(self, item_id: str, row: Row, epoch: float | None, now: float) -> Detail:
-        item_type, title, up, down, net, wilson, trend, r_top, r_trend, r_daily, daily = row
+        item_type, title, up, down, net, wilson, trend, r_top, r_trend, r_daily, daily, *more = row
         trending = display("trending", trend, epoch, now, self.half_life)
         r_daily = r_daily if daily is not None else None
         return Detail(
@@ -178,6 +186,7 @@ class PostgresReader:
             r_trend,
             r_daily,
             daily,
+            *more,
         )
 
 

@@ -81,6 +81,9 @@ class FoundItem(msgspec.Struct, frozen=True):
     rank_trending: int | None = None
     rank_daily: int | None = None
     daily_net: str | None = None
+    independent: int = 0
+    owners: int = 0
+    rank_independent: int | None = None
 
 
 class ItemReply(msgspec.Struct, frozen=True):
@@ -186,6 +189,9 @@ class RedisReader:
             rank_trending=found.rank_trending,
             rank_daily=found.rank_daily,
             daily_net=daily,
+            independent=found.independent,
+            owners=found.owners,
+            rank_independent=found.rank_independent,
         )
 
     async def _call(self, script: AsyncScript, generation: int, args: msgspec.Struct) -> bytes:

@@ -180,12 +180,23 @@ async def answer_item(side: ReadSide, item_id: str, ask: Ask) -> Response:
     return response
 
 
+_SORT = (
+    "net: up minus down votes; confidence: the Wilson lower bound of the up share; independent: "
+    "each owner counts once, with the sign of the sum of its agents' votes on the item"
+)
+_SORTED: dict[str, ListName] = {
+    "net": "top",
+    "confidence": "confidence",
+    "independent": "independent",
+}
+
+
 @router.get("/api/v1/top", summary="All-time rankings", **_AS_OF_LIST_DOC)
 async def top(
     *,
     side: Side,
     item_type: ItemTypeParam,
-    sort: Annotated[Literal["net", "confidence"], Query()] = "net",
+    sort: Annotated[Literal["net", "confidence", "independent"], Query(description=_SORT)] = "net",
     limit: LimitParam = 50,
     cursor: CursorParam = None,
     min_votes: Annotated[int, Query(ge=0, le=10**9)] = 0,
@@ -194,8 +205,7 @@ async def top(
 ) -> Response:
     if as_of is not None:  # from the day's snapshot (min_votes does not apply to one)
         return await history.answer_as_of(side, sort, item_type, as_of, limit, cursor, ask)
-    name: ListName = "top" if sort == "net" else "confidence"
-    query = ListQuery(name, item_type, limit, cursor, min_votes)
+    query = ListQuery(_SORTED[sort], item_type, limit, cursor, min_votes)
     return await answer_list(side, query, ask)
 
 

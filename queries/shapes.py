@@ -23,8 +23,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, ItemType
 from projections.model import decayed
 
-ListName = Literal["top", "confidence", "trending", "daily"]
-_ZSET = {"top": "top", "confidence": "conf", "trending": "trend"}
+ListName = Literal["top", "confidence", "independent", "trending", "daily"]
+_ZSET = {"top": "top", "confidence": "conf", "independent": "indep", "trending": "trend"}
 
 
 class BadCursor(ValueError):
@@ -155,6 +155,10 @@ class Detail(msgspec.Struct, frozen=True):
     rank_trending: int | None
     rank_daily: int | None
     daily_net: int | None
+    # Each owner counts once: the sign of the sum of its agents' votes on the item.
+    independent: int
+    owners: int  # owners with at least one agent voting up or down on the item
+    rank_independent: int | None
 
 
 class DetailAt(Detail, frozen=True):

@@ -15,7 +15,7 @@ import msgspec
 
 ItemType = Literal["song", "tool"]
 Direction = Literal["up", "down", "none"]
-Sort = Literal["net", "confidence"]
+Sort = Literal["net", "confidence", "independent"]
 
 
 class RateLimit(msgspec.Struct, frozen=True):
@@ -90,6 +90,10 @@ class Detail(msgspec.Struct, frozen=True):
     daily_net: int | None
     position: int
     read_model: str | None = None
+    # The independent chart (each owner counts once); 0 and None from a server without it.
+    independent: int = 0
+    owners: int = 0
+    rank_independent: int | None = None
 
 
 class VoteAndRead(msgspec.Struct, frozen=True):
