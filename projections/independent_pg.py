@@ -14,6 +14,7 @@ projector upgrades a live generation in place, once, and readers see it before o
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import msgspec
@@ -25,6 +26,8 @@ from events.store import Checkpoint
 from events.types import VoteCast
 from projections.model import Changes, OwnerTotals, standings
 from projections.readmodel import Difference
+
+log = logging.getLogger("voteledger.projections")
 
 _TEXT = {
     # `old` and `new` see the same snapshot: `old` the totals before this statement's insert,
@@ -157,6 +160,9 @@ async def fill(conn: psycopg.AsyncConnection, generation: int) -> bool:
         ]
         await conn.execute(q["set_items"], (_encoder.encode(scores).decode(),))
         await conn.execute(q["mark_ready"])
+    log.warning(
+        "postgres generation %d: filled the independent chart up to its checkpoint", generation
+    )
     return True
 
 
