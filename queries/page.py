@@ -3,8 +3,11 @@
 Everything is read once, when the app is made: the files are small and never change while the
 process runs. The page names its assets with a version (`/static/app.js?v=<digest>`), so an asset
 asked for at its current version may be kept for a year (`immutable`), while the page itself is
-revalidated on every load (its ETag makes that a 304). The Content-Security-Policy admits only
-this origin's scripts, styles and connections: no inline script or style, no frames, no forms.
+revalidated on every load (its ETag makes that a 304). The scripts are ES modules that import each
+other the same way (`./util.js?v={{util.js}}`, filled in here): a module's version covers those it
+imports, so a changed helper gives its importers new versions too. The Content-Security-Policy
+admits only this origin's scripts, styles and connections: no inline script or style, no frames,
+no forms.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ _TYPES = {
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
 }
-ASSETS = ("app.js", "app.css", "icon.svg")
+# Each asset after those it imports: its placeholders name only the assets before it.
+ASSETS = ("util.js", "item.js", "app.js", "app.css", "icon.svg")
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
@@ -69,13 +73,23 @@ def _tags(if_none_match: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
 
 
+def with_versions(text: str, assets: dict[str, StaticFile]) -> str:
+    """`text` with each `{{name}}` of an asset replaced by that asset's version."""
+    for name, asset in assets.items():
+        text = text.replace(f"{{{{{name}}}}}", asset.version)  # {{app.js}} -> its digest
+    return text
+
+
 def load() -> tuple[StaticFile, dict[str, StaticFile]]:
     """The page, with its assets' current versions filled in, and the assets by name."""
     folder = importlib.resources.files("queries") / "static"
-    assets = {name: StaticFile.of(name, (folder / name).read_bytes()) for name in ASSETS}
-    html = (folder / "index.html").read_text(encoding="utf-8")
-    for name, asset in assets.items():
-        html = html.replace(f"{{{{{name}}}}}", asset.version)  # {{app.js}} -> its digest
+    assets: dict[str, StaticFile] = {}
+    for name in ASSETS:
+        body = (folder / name).read_bytes()
+        if name.endswith(".js"):
+            body = with_versions(body.decode(), assets).encode()
+        assets[name] = StaticFile.of(name, body)
+    html = with_versions((folder / "index.html").read_text(encoding="utf-8"), assets)
     return StaticFile.of("index.html", html.encode()), assets
 
 

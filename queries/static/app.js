@@ -1,579 +1,420 @@
 // The live chart page: reads the query API, listens to its live stream, and keeps the shown
-// chart (or item) current in place. Plain JavaScript, no build step; every view is in the URL
-// hash (#song/top, #tool/today/<item id>), so views can be linked and the back button works.
-(() => {
-  "use strict";
+// chart (or item) current in place. Plain JavaScript modules, no build step; every view is in the
+// URL hash (#song/top, #tool/today/<item id>), so views can be linked and the back button works.
+// The item view is item.js; the page names each module with its version (see queries/page.py).
+import { $, decimals, element, getJson, hashFor, numbers, signed, utcDay, withPosition } from "./util.js?v={{util.js}}";
+import { closeItem, loadItem, openItem, setUpItemView } from "./item.js?v={{item.js}}";
 
-  const TYPES = { song: "songs", tool: "tools" };
-  const CHARTS = {
-    top: {
-      path: "/api/v1/top",
-      params: { sort: "net" },
-      score: "Net",
-      title: (plural) => `Top ${plural}`,
-      sub: () => "of all time, by net votes (up minus down)",
-    },
-    trending: {
-      path: "/api/v1/trending",
-      params: {},
-      score: "Trend",
-      title: (plural) => `Trending ${plural}`,
-      sub: () => "net votes, the most recent counting most",
-    },
-    today: {
-      path: "/api/v1/top/daily",
-      params: {},
-      score: "Today",
-      title: (plural) => `Today's ${plural}`,
-      sub: () => `net votes gained on ${utcToday()} (UTC)`,
-    },
+const TYPES = { song: "songs", tool: "tools" };
+const CHARTS = {
+  top: {
+    path: "/api/v1/top",
+    params: { sort: "net" },
+    score: "Net",
+    title: (plural) => `Top ${plural}`,
+    sub: () => "of all time, by net votes (up minus down)",
+  },
+  independent: {
+    path: "/api/v1/top",
+    params: { sort: "independent" },
+    score: "Owners",
+    title: (plural) => `Independent ${plural}`,
+    sub: () => "each owner counts once: +1 if its agents' votes add up to more up than down, \u22121 if less",
+  },
+  trending: {
+    path: "/api/v1/trending",
+    params: {},
+    score: "Trend",
+    title: (plural) => `Trending ${plural}`,
+    sub: () => "net votes, the most recent counting most",
+  },
+  today: {
+    path: "/api/v1/top/daily",
+    params: {},
+    score: "Today",
+    title: (plural) => `Today's ${plural}`,
+    sub: () => `net votes gained on ${utcDay()} (UTC)`,
+  },
+};
+const LIMIT = 50;
+const FIRST_WAIT_MS = 60; // a burst of notices is one refresh...
+const NEXT_WAIT_MS = 250; // ...and refreshes come at most this often
+const FLASH_MS = 1600;
+const PERIODIC_MS = 30000; // trending decays and days end even when nobody votes
+
+const motion = window.matchMedia("(prefers-reduced-motion: reduce)");
+
+const state = {
+  type: "song",
+  chart: "top",
+  item: null,
+  rows: new Map(), // item id -> {el, cells, entry}: the rows shown, kept across refreshes
+  loaded: null, // "song/top" once that chart's rows are shown
+  chartSeq: 0,
+  openedFromChart: false,
+};
+
+// --- small helpers ---------------------------------------------------------------------------
+
+function scoreText(chart, score) {
+  if (chart === "trending") return decimals.format(score).replace("-", "\u2212");
+  if (chart === "today") return signed(score);
+  return numbers.format(score).replace("-", "\u2212");
+}
+
+function parseHash() {
+  const [type, chart, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
+  return {
+    type: type in TYPES ? type : "song",
+    chart: chart in CHARTS ? chart : "top",
+    item: rest.length && rest[0] ? decodeURIComponent(rest.join("/")) : null,
   };
-  const LIMIT = 50;
-  const SERIES_DAYS = 30;
-  const FIRST_WAIT_MS = 60; // a burst of notices is one refresh...
-  const NEXT_WAIT_MS = 250; // ...and refreshes come at most this often
-  const FLASH_MS = 1600;
-  const PERIODIC_MS = 30000; // trending decays and days end even when nobody votes
+}
 
-  const $ = (id) => document.getElementById(id);
-  const motion = window.matchMedia("(prefers-reduced-motion: reduce)");
-  const numbers = new Intl.NumberFormat("en");
-  const decimals = new Intl.NumberFormat("en", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+// --- the live stream -------------------------------------------------------------------------
 
-  const state = {
-    type: "song",
-    chart: "top",
-    item: null,
-    rows: new Map(), // item id -> {el, cells, entry}: the rows shown, kept across refreshes
-    loaded: null, // "song/top" once that chart's rows are shown
-    chartSeq: 0,
-    itemSeq: 0,
-    openedFromChart: false,
-  };
+const live = { source: null, type: null, wanted: 0, timer: null, busy: false, dirty: false, retry: 1000 };
 
-  // --- small helpers ---------------------------------------------------------------------------
+function setConnection(kind, text) {
+  const box = $("connection");
+  if (box.dataset.state === kind && $("connection-text").textContent === text) return;
+  box.dataset.state = kind;
+  $("connection-text").textContent = text;
+}
 
-  function utcToday() {
-    return new Date().toISOString().slice(0, 10);
+function connect() {
+  if (live.source && live.type === state.type && live.source.readyState !== EventSource.CLOSED) {
+    return;
   }
+  if (live.source) live.source.close();
+  const source = new EventSource(`/api/v1/stream?item_type=${state.type}`);
+  live.source = source;
+  live.type = state.type;
+  setConnection("connecting", "Connecting…");
+  source.addEventListener("open", () => {
+    live.retry = 1000;
+    setConnection("live", "Live");
+    changed(0); // whatever happened before the stream was open
+  });
+  source.addEventListener("scores", (event) => changed(Number(event.lastEventId) || 0));
+  source.addEventListener("reset", () => reload());
+  source.addEventListener("error", () => {
+    if (source !== live.source) return;
+    if (source.readyState === EventSource.CLOSED) {
+      // The browser gives up on an answer that is not a stream (e.g. 503): try again later.
+      setConnection("offline", "Offline, retrying…");
+      const wait = live.retry;
+      live.retry = Math.min(live.retry * 2, 30000);
+      setTimeout(() => {
+        if (source === live.source) connect();
+      }, wait);
+    } else {
+      setConnection("connecting", "Reconnecting…");
+    }
+  });
+}
 
-  function signed(n) {
-    if (n > 0) return `+${numbers.format(n)}`;
-    if (n < 0) return `\u2212${numbers.format(-n)}`;
-    return "0";
+// A notice that the read models reached `position`: refresh what is shown, one refresh for a
+// burst of notices, asking for at least that position.
+function changed(position) {
+  live.wanted = Math.max(live.wanted, position);
+  if (live.busy || live.timer) {
+    live.dirty = true;
+    return;
   }
+  live.timer = setTimeout(flush, FIRST_WAIT_MS);
+}
 
-  function scoreText(chart, score) {
-    if (chart === "trending") return decimals.format(score).replace("-", "\u2212");
-    if (chart === "today") return signed(score);
-    return numbers.format(score).replace("-", "\u2212");
-  }
-
-  function hashFor(type, chart, item) {
-    return `#${type}/${chart}${item ? `/${encodeURIComponent(item)}` : ""}`;
-  }
-
-  function parseHash() {
-    const [type, chart, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
-    return {
-      type: type in TYPES ? type : "song",
-      chart: chart in CHARTS ? chart : "top",
-      item: rest.length && rest[0] ? decodeURIComponent(rest.join("/")) : null,
-    };
-  }
-
-  function element(tag, className, text) {
-    const el = document.createElement(tag);
-    if (className) el.className = className;
-    if (text !== undefined) el.textContent = text;
-    return el;
-  }
-
-  function withPosition(url, position) {
-    if (!position) return url;
-    const joiner = url.includes("?") ? "&" : "?";
-    return `${url}${joiner}min_position=${position}&wait_ms=2000`;
-  }
-
-  // {status, body}: a problem+json answer is a body too; a network failure is status 0.
-  async function getJson(url) {
-    try {
-      const response = await fetch(url, { headers: { Accept: "application/json" } });
-      const body = await response.json().catch(() => null);
-      return { status: response.status, body };
-    } catch (error) {
-      return { status: 0, body: null };
+async function flush() {
+  live.timer = null;
+  live.busy = true;
+  live.dirty = false;
+  try {
+    await refresh(live.wanted);
+  } finally {
+    live.busy = false;
+    if (live.dirty) {
+      live.dirty = false;
+      live.timer = setTimeout(flush, NEXT_WAIT_MS);
     }
   }
+}
 
-  // --- the live stream -------------------------------------------------------------------------
+function refresh(position) {
+  return state.item ? loadItem(position) : loadChart(position);
+}
 
-  const live = { source: null, type: null, wanted: 0, timer: null, busy: false, dirty: false, retry: 1000 };
+// The stream cannot say what was missed (or the read models were rebuilt): read everything
+// again, at whatever position the read models now reflect.
+function reload() {
+  live.wanted = 0;
+  changed(0);
+}
 
-  function setConnection(kind, text) {
-    const box = $("connection");
-    if (box.dataset.state === kind && $("connection-text").textContent === text) return;
-    box.dataset.state = kind;
-    $("connection-text").textContent = text;
+// --- the chart -------------------------------------------------------------------------------
+
+async function loadChart(position) {
+  const seq = ++state.chartSeq;
+  const { type, chart } = state;
+  const view = `${type}/${chart}`;
+  const fresh = state.loaded !== view;
+  if (fresh) showChartLoading();
+  const params = new URLSearchParams({ ...CHARTS[chart].params, item_type: type, limit: LIMIT });
+  let url = `${CHARTS[chart].path}?${params}`;
+  if (!fresh) url = withPosition(url, position);
+  const { status, body } = await getJson(url);
+  if (seq !== state.chartSeq) return; // a newer load has started
+  if (status !== 200 || !body) {
+    chartTrouble(status, position);
+    return;
   }
+  renderRows(body.items, fresh);
+  caption();
+  state.loaded = view;
+  $("chart-panel").setAttribute("aria-busy", "false");
+  $("chart-note").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+}
 
-  function connect() {
-    if (live.source && live.type === state.type && live.source.readyState !== EventSource.CLOSED) {
-      return;
-    }
-    if (live.source) live.source.close();
-    const source = new EventSource(`/api/v1/stream?item_type=${state.type}`);
-    live.source = source;
-    live.type = state.type;
-    setConnection("connecting", "Connecting…");
-    source.addEventListener("open", () => {
-      live.retry = 1000;
-      setConnection("live", "Live");
-      changed(0); // whatever happened before the stream was open
-    });
-    source.addEventListener("scores", (event) => changed(Number(event.lastEventId) || 0));
-    source.addEventListener("reset", () => reload());
-    source.addEventListener("error", () => {
-      if (source !== live.source) return;
-      if (source.readyState === EventSource.CLOSED) {
-        // The browser gives up on an answer that is not a stream (e.g. 503): try again later.
-        setConnection("offline", "Offline, retrying…");
-        const wait = live.retry;
-        live.retry = Math.min(live.retry * 2, 30000);
-        setTimeout(() => {
-          if (source === live.source) connect();
-        }, wait);
-      } else {
-        setConnection("connecting", "Reconnecting…");
-      }
-    });
+function chartTrouble(status, position) {
+  $("chart-panel").setAttribute("aria-busy", "false");
+  if (status === 425) {
+    changed(position); // not there yet: the next refresh asks again
+    return;
   }
+  $("chart-note").textContent = "The chart could not be loaded; trying again…";
+  setTimeout(() => changed(0), 3000);
+}
 
-  // A notice that the read models reached `position`: refresh what is shown, one refresh for a
-  // burst of notices, asking for at least that position.
-  function changed(position) {
-    live.wanted = Math.max(live.wanted, position);
-    if (live.busy || live.timer) {
-      live.dirty = true;
-      return;
-    }
-    live.timer = setTimeout(flush, FIRST_WAIT_MS);
+function showChartLoading() {
+  for (const row of state.rows.values()) row.el.remove();
+  state.rows.clear();
+  $("chart-panel").setAttribute("aria-busy", "true");
+  $("chart-empty").hidden = true;
+  $("chart").hidden = false;
+  caption();
+  $("score-heading").textContent = CHARTS[state.chart].score;
+  $("chart-note").textContent = "Loading…";
+}
+
+function caption() {
+  const { type, chart } = state;
+  $("caption-title").textContent = CHARTS[chart].title(TYPES[type]);
+  $("caption-sub").textContent = CHARTS[chart].sub(); // today's date moves at midnight (UTC)
+}
+
+function renderRows(items, fresh) {
+  const tbody = $("chart-rows");
+  const animate = !fresh && !motion.matches;
+  const before = new Map();
+  if (animate) {
+    for (const [id, row] of state.rows) before.set(id, row.el.getBoundingClientRect().top);
   }
-
-  async function flush() {
-    live.timer = null;
-    live.busy = true;
-    live.dirty = false;
-    try {
-      await refresh(live.wanted);
-    } finally {
-      live.busy = false;
-      if (live.dirty) {
-        live.dirty = false;
-        live.timer = setTimeout(flush, NEXT_WAIT_MS);
-      }
-    }
+  const focused = document.activeElement && document.activeElement.closest("tr[data-id]");
+  const next = new Map();
+  for (const entry of items) {
+    const row = state.rows.get(entry.item_id) || createRow(entry);
+    updateRow(row, entry, !fresh);
+    next.set(entry.item_id, row);
   }
-
-  function refresh(position) {
-    return state.item ? loadItem(position) : loadChart(position);
+  for (const [id, row] of state.rows) if (!next.has(id)) row.el.remove();
+  // Move only what moved, so that a focused row stays in the document (and focused).
+  let cursor = tbody.firstElementChild;
+  for (const row of next.values()) {
+    if (row.el === cursor) cursor = cursor.nextElementSibling;
+    else tbody.insertBefore(row.el, cursor);
   }
-
-  // The stream cannot say what was missed (or the read models were rebuilt): read everything
-  // again, at whatever position the read models now reflect.
-  function reload() {
-    live.wanted = 0;
-    changed(0);
+  state.rows = next;
+  if (focused && next.has(focused.dataset.id) && !tbody.contains(document.activeElement)) {
+    next.get(focused.dataset.id).link.focus({ preventScroll: true });
   }
+  if (animate) slide(before);
+  const empty = items.length === 0;
+  $("chart").hidden = empty;
+  $("chart-empty").hidden = !empty;
+  const today = state.chart === "today";
+  $("empty-title").textContent = today ? "No votes yet today" : "No votes yet";
+  $("empty-seed").hidden = today;
+  $("empty-today").hidden = !today;
+}
 
-  // --- the chart -------------------------------------------------------------------------------
-
-  async function loadChart(position) {
-    const seq = ++state.chartSeq;
-    const { type, chart } = state;
-    const view = `${type}/${chart}`;
-    const fresh = state.loaded !== view;
-    if (fresh) showChartLoading();
-    const params = new URLSearchParams({ ...CHARTS[chart].params, item_type: type, limit: LIMIT });
-    let url = `${CHARTS[chart].path}?${params}`;
-    if (!fresh) url = withPosition(url, position);
-    const { status, body } = await getJson(url);
-    if (seq !== state.chartSeq) return; // a newer load has started
-    if (status !== 200 || !body) {
-      chartTrouble(status, position);
-      return;
-    }
-    renderRows(body.items, fresh);
-    caption();
-    state.loaded = view;
-    $("chart-panel").setAttribute("aria-busy", "false");
-    $("chart-note").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+// FLIP: each moved row starts where it was and glides to its new place.
+function slide(before) {
+  const moved = [];
+  for (const [id, row] of state.rows) {
+    const top = before.get(id);
+    if (top === undefined) continue;
+    const delta = top - row.el.getBoundingClientRect().top;
+    if (Math.abs(delta) < 1) continue;
+    row.el.classList.remove("moving");
+    row.el.style.transform = `translateY(${delta}px)`;
+    moved.push(row.el);
   }
-
-  function chartTrouble(status, position) {
-    $("chart-panel").setAttribute("aria-busy", "false");
-    if (status === 425) {
-      changed(position); // not there yet: the next refresh asks again
-      return;
-    }
-    $("chart-note").textContent = "The chart could not be loaded; trying again…";
-    setTimeout(() => changed(0), 3000);
-  }
-
-  function showChartLoading() {
-    for (const row of state.rows.values()) row.el.remove();
-    state.rows.clear();
-    $("chart-panel").setAttribute("aria-busy", "true");
-    $("chart-empty").hidden = true;
-    $("chart").hidden = false;
-    caption();
-    $("score-heading").textContent = CHARTS[state.chart].score;
-    $("chart-note").textContent = "Loading…";
-  }
-
-  function caption() {
-    const { type, chart } = state;
-    $("caption-title").textContent = CHARTS[chart].title(TYPES[type]);
-    $("caption-sub").textContent = CHARTS[chart].sub(); // today's date moves at midnight (UTC)
-  }
-
-  function renderRows(items, fresh) {
-    const tbody = $("chart-rows");
-    const animate = !fresh && !motion.matches;
-    const before = new Map();
-    if (animate) {
-      for (const [id, row] of state.rows) before.set(id, row.el.getBoundingClientRect().top);
-    }
-    const focused = document.activeElement && document.activeElement.closest("tr[data-id]");
-    const next = new Map();
-    for (const entry of items) {
-      const row = state.rows.get(entry.item_id) || createRow(entry);
-      updateRow(row, entry, !fresh);
-      next.set(entry.item_id, row);
-    }
-    for (const [id, row] of state.rows) if (!next.has(id)) row.el.remove();
-    // Move only what moved, so that a focused row stays in the document (and focused).
-    let cursor = tbody.firstElementChild;
-    for (const row of next.values()) {
-      if (row.el === cursor) cursor = cursor.nextElementSibling;
-      else tbody.insertBefore(row.el, cursor);
-    }
-    state.rows = next;
-    if (focused && next.has(focused.dataset.id) && !tbody.contains(document.activeElement)) {
-      next.get(focused.dataset.id).link.focus({ preventScroll: true });
-    }
-    if (animate) slide(before);
-    const empty = items.length === 0;
-    $("chart").hidden = empty;
-    $("chart-empty").hidden = !empty;
-    const today = state.chart === "today";
-    $("empty-title").textContent = today ? "No votes yet today" : "No votes yet";
-    $("empty-seed").hidden = today;
-    $("empty-today").hidden = !today;
-  }
-
-  // FLIP: each moved row starts where it was and glides to its new place.
-  function slide(before) {
-    const moved = [];
-    for (const [id, row] of state.rows) {
-      const top = before.get(id);
-      if (top === undefined) continue;
-      const delta = top - row.el.getBoundingClientRect().top;
-      if (Math.abs(delta) < 1) continue;
-      row.el.classList.remove("moving");
-      row.el.style.transform = `translateY(${delta}px)`;
-      moved.push(row.el);
-    }
-    if (!moved.length) return;
+  if (!moved.length) return;
+  requestAnimationFrame(() => {
     requestAnimationFrame(() => {
-      requestAnimationFrame(() => {
-        for (const el of moved) {
-          el.classList.add("moving");
-          el.style.transform = "";
-        }
-      });
-    });
-  }
-
-  function createRow(entry) {
-    const el = element("tr");
-    el.dataset.id = entry.item_id;
-    const rank = element("td", "col-rank");
-    const title = element("th", "col-title");
-    title.scope = "row";
-    const link = element("a", "title-link");
-    const meta = element("span", "row-meta");
-    title.append(link, meta);
-    const score = element("td", "col-score");
-    const up = element("td", "col-votes up");
-    const down = element("td", "col-votes down");
-    el.append(rank, title, score, up, down);
-    return { el, link, cells: { rank, score, up, down, meta }, entry: null, flashTimer: 0 };
-  }
-
-  function updateRow(row, entry, mayFlash) {
-    const { cells } = row;
-    const old = row.entry;
-    row.entry = entry;
-    row.link.href = hashFor(state.type, state.chart, entry.item_id);
-    row.link.textContent = entry.title || entry.item_id;
-    cells.rank.textContent = entry.rank;
-    row.el.classList.toggle("podium", entry.rank <= 3);
-    cells.score.textContent = scoreText(state.chart, entry.score);
-    cells.up.textContent = numbers.format(entry.up);
-    cells.down.textContent = numbers.format(entry.down);
-    cells.meta.textContent = `${numbers.format(entry.up)} up · ${numbers.format(entry.down)} down`;
-    if (!mayFlash || !old) return;
-    // A vote changed the row: trending scores alone drift with time, so votes decide.
-    const votes = entry.up - entry.down - (old.up - old.down);
-    const voted = entry.up !== old.up || entry.down !== old.down;
-    const delta = votes || (state.chart === "trending" ? 0 : entry.score - old.score);
-    if (voted || delta) flash(row, delta >= 0 ? "flash-up" : "flash-down");
-  }
-
-  function flash(row, kind) {
-    row.el.classList.remove("flash-up", "flash-down");
-    void row.el.offsetWidth; // restart the animation
-    row.el.classList.add(kind);
-    clearTimeout(row.flashTimer);
-    row.flashTimer = setTimeout(() => row.el.classList.remove(kind), FLASH_MS);
-  }
-
-  // --- the item view ---------------------------------------------------------------------------
-
-  async function loadItem(position) {
-    const seq = ++state.itemSeq;
-    const id = state.item;
-    const path = `/api/v1/items/${encodeURIComponent(id)}`;
-    const [detail, series] = await Promise.all([
-      getJson(withPosition(path, position)),
-      getJson(withPosition(`${path}/daily?days=${SERIES_DAYS}`, position)),
-    ]);
-    if (seq !== state.itemSeq || id !== state.item) return;
-    if (detail.status === 425 || series.status === 425) {
-      changed(position);
-      return;
-    }
-    $("item-missing").hidden = detail.status !== 404;
-    $("item-body").hidden = detail.status !== 200;
-    $("item-meta").hidden = detail.status !== 200;
-    if (detail.status === 404) {
-      $("item-title").textContent = "Not found";
-      $("item-missing").textContent = `There is no item ${id}.`;
-      return;
-    }
-    if (detail.status !== 200 || series.status !== 200) {
-      setTimeout(() => changed(0), 3000);
-      return;
-    }
-    renderItem(detail.body);
-    drawDaily(series.body.days);
-  }
-
-  function renderItem(item) {
-    $("item-title").textContent = item.title || item.item_id;
-    document.title = `${item.title || item.item_id} · voteledger charts`;
-    $("item-type").textContent = item.item_type;
-    $("item-id").textContent = item.item_id;
-    setStat("stat-up", numbers.format(item.up));
-    setStat("stat-down", numbers.format(item.down));
-    setStat("stat-net", signed(item.net));
-    setStat("stat-confidence", `${Math.round(item.confidence * 100)}%`);
-    setStat("stat-trending", decimals.format(item.trending).replace("-", "\u2212"));
-    const ranks = { top: item.rank_top, trending: item.rank_trending, today: item.rank_daily };
-    for (const [chart, rank] of Object.entries(ranks)) {
-      $(`rank-${chart}`).href = hashFor(item.item_type, chart);
-      $(`rank-${chart}-value`).textContent = rank ? `#${numbers.format(rank)}` : "–";
-    }
-  }
-
-  function setStat(id, text) {
-    const el = $(id);
-    if (el.textContent === text) return;
-    const first = el.textContent === "–";
-    el.textContent = text;
-    if (first) return;
-    el.classList.remove("changed");
-    void el.offsetWidth;
-    el.classList.add("changed");
-  }
-
-  const SVG = "http://www.w3.org/2000/svg";
-
-  function svg(tag, attributes) {
-    const el = document.createElementNS(SVG, tag);
-    for (const [name, value] of Object.entries(attributes)) el.setAttribute(name, value);
-    return el;
-  }
-
-  // Net votes per day as bars above (gained) and below (lost) a zero line.
-  function drawDaily(days) {
-    const width = 600;
-    const height = 160;
-    const pad = 6;
-    const high = Math.max(0, ...days.map((d) => d.net));
-    const low = Math.max(0, ...days.map((d) => -d.net));
-    const scale = (height - 2 * pad) / Math.max(1, high + low);
-    const zero = high + low === 0 ? height - pad : pad + high * scale;
-    const slot = width / days.length;
-    const total = days.reduce((sum, d) => sum + d.net, 0);
-    const active = days.filter((d) => d.net !== 0).length;
-    const chart = svg("svg", {
-      viewBox: `0 0 ${width} ${height}`,
-      preserveAspectRatio: "none",
-      role: "img",
-      "aria-labelledby": "daily-svg-title daily-svg-desc",
-      class: "daily-svg",
-    });
-    const title = svg("title", { id: "daily-svg-title" });
-    title.textContent = `Net votes per day, the last ${days.length} days`;
-    const desc = svg("desc", { id: "daily-svg-desc" });
-    desc.textContent =
-      `${signed(total)} in all; votes on ${active} of ${days.length} days; ` +
-      `today ${signed(days[days.length - 1].net)}.`;
-    chart.append(title, desc);
-    chart.append(svg("rect", { x: 0, y: zero - 0.5, width, height: 1, class: "zero" }));
-    days.forEach((day, i) => {
-      const size = Math.max(2, Math.abs(day.net) * scale); // a quiet day is a small tick
-      const kind = day.net > 0 ? "gain" : day.net < 0 ? "loss" : "none";
-      const bar = svg("rect", {
-        x: i * slot + slot * 0.15,
-        y: day.net > 0 ? zero - size : day.net < 0 ? zero : zero - size / 2,
-        width: slot * 0.7,
-        height: size,
-        rx: 1.5,
-        class: `bar ${kind}${i === days.length - 1 ? " today" : ""}`,
-      });
-      const tip = svg("title", {});
-      tip.textContent = `${day.date}: ${signed(day.net)}`;
-      bar.append(tip);
-      chart.append(bar);
-    });
-    $("daily-chart").replaceChildren(chart);
-    const peak = high || low ? `; most in a day ${signed(high >= low ? high : -low)}` : "";
-    $("daily-sub").textContent = `The last ${days.length} days (UTC): ${signed(total)} in all${peak}`;
-    $("daily-first").textContent = days[0].date;
-    $("daily-last").textContent = `${days[days.length - 1].date} (today)`;
-  }
-
-  // --- views and navigation --------------------------------------------------------------------
-
-  function route() {
-    const previous = { ...state };
-    Object.assign(state, parseHash());
-    renderTabs();
-    connect();
-    if (state.item) showItem(previous);
-    else showChart(previous);
-  }
-
-  function showChart(previous) {
-    $("item-view").hidden = true;
-    $("chart-view").hidden = false;
-    state.itemSeq++;
-    const { type, chart } = state;
-    document.title = `${CHARTS[chart].title(TYPES[type])} · voteledger charts`;
-    loadChart(0).then(() => {
-      const row = previous.item && state.rows.get(previous.item);
-      if (row && !state.item) row.link.focus();
-    });
-  }
-
-  function showItem(previous) {
-    state.openedFromChart = !previous.item && previous.loaded !== null;
-    $("chart-view").hidden = true;
-    $("item-view").hidden = false;
-    $("item-back").href = hashFor(state.type, state.chart);
-    if (previous.item !== state.item) {
-      $("item-title").textContent = "Loading…";
-      $("item-meta").hidden = true;
-      for (const id of ["stat-up", "stat-down", "stat-net", "stat-confidence", "stat-trending"]) {
-        $(id).textContent = "–";
+      for (const el of moved) {
+        el.classList.add("moving");
+        el.style.transform = "";
       }
-      $("daily-chart").replaceChildren();
-    }
-    $("item-title").focus();
-    loadItem(0);
-  }
-
-  function renderTabs() {
-    for (const tab of document.querySelectorAll("[role=tab]")) {
-      const selected = tab.dataset.type === state.type || tab.dataset.chart === state.chart;
-      tab.setAttribute("aria-selected", String(selected));
-      tab.tabIndex = selected ? 0 : -1;
-    }
-    $("chart-panel").setAttribute("aria-labelledby", `tab-${state.type} tab-${state.chart}`);
-  }
-
-  function selectTab(tab) {
-    const type = tab.dataset.type || state.type;
-    const chart = tab.dataset.chart || state.chart;
-    const hash = hashFor(type, chart);
-    if (location.hash !== hash) location.hash = hash;
-  }
-
-  // Tabs as the ARIA practices describe: one tab stop per list, arrows move and select.
-  function setUpTabs(list) {
-    const tabs = [...list.querySelectorAll("[role=tab]")];
-    list.addEventListener("click", (event) => {
-      const tab = event.target.closest("[role=tab]");
-      if (tab) selectTab(tab);
     });
-    list.addEventListener("keydown", (event) => {
-      const at = tabs.indexOf(document.activeElement);
-      const moves = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 };
-      if (at < 0 || !(event.key in moves)) return;
-      event.preventDefault();
-      const tab = tabs[(moves[event.key] + tabs.length) % tabs.length];
-      tab.focus();
-      selectTab(tab);
-    });
-  }
+  });
+}
 
-  function setUpRows() {
-    const tbody = $("chart-rows");
-    // The whole row opens the item; the title link is what keyboards and screen readers use.
-    tbody.addEventListener("click", (event) => {
-      const row = event.target.closest("tr[data-id]");
-      if (!row || event.target.closest("a") || window.getSelection().toString()) return;
-      location.hash = hashFor(state.type, state.chart, row.dataset.id);
-    });
-    tbody.addEventListener("keydown", (event) => {
-      const row = event.target.closest("tr[data-id]");
-      if (!row || (event.key !== "ArrowDown" && event.key !== "ArrowUp")) return;
-      const next = event.key === "ArrowDown" ? row.nextElementSibling : row.previousElementSibling;
-      if (!next) return;
-      event.preventDefault();
-      next.querySelector("a").focus();
-    });
-  }
+function createRow(entry) {
+  const el = element("tr");
+  el.dataset.id = entry.item_id;
+  const rank = element("td", "col-rank");
+  const title = element("th", "col-title");
+  title.scope = "row";
+  const link = element("a", "title-link");
+  const meta = element("span", "row-meta");
+  title.append(link, meta);
+  const score = element("td", "col-score");
+  const up = element("td", "col-votes up");
+  const down = element("td", "col-votes down");
+  el.append(rank, title, score, up, down);
+  return { el, link, cells: { rank, score, up, down, meta }, entry: null, flashTimer: 0 };
+}
 
-  function setUpItemView() {
-    $("item-back").addEventListener("click", (event) => {
-      if (!state.openedFromChart) return;
-      event.preventDefault();
-      history.back(); // the chart it came from, where the back button also goes
-    });
-    document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape" && state.item) $("item-back").click();
-    });
-  }
+function updateRow(row, entry, mayFlash) {
+  const { cells } = row;
+  const old = row.entry;
+  row.entry = entry;
+  row.link.href = hashFor(state.type, state.chart, entry.item_id);
+  row.link.textContent = entry.title || entry.item_id;
+  cells.rank.textContent = entry.rank;
+  row.el.classList.toggle("podium", entry.rank <= 3);
+  cells.score.textContent = scoreText(state.chart, entry.score);
+  cells.up.textContent = numbers.format(entry.up);
+  cells.down.textContent = numbers.format(entry.down);
+  cells.meta.textContent = `${numbers.format(entry.up)} up · ${numbers.format(entry.down)} down`;
+  if (!mayFlash || !old) return;
+  // A vote changed the row: trending scores alone drift with time, so votes decide.
+  const votes = entry.up - entry.down - (old.up - old.down);
+  const voted = entry.up !== old.up || entry.down !== old.down;
+  const delta = votes || (state.chart === "trending" ? 0 : entry.score - old.score);
+  if (voted || delta) flash(row, delta >= 0 ? "flash-up" : "flash-down");
+}
 
-  function start() {
-    // The skip link moves focus only: as a hash it would be read as a view.
-    $("skip-link").addEventListener("click", (event) => {
-      event.preventDefault();
-      $("main").focus();
-    });
-    for (const list of document.querySelectorAll("[role=tablist]")) setUpTabs(list);
-    setUpRows();
-    setUpItemView();
-    window.addEventListener("hashchange", route);
-    setInterval(() => {
-      if (!document.hidden) changed(0);
-    }, PERIODIC_MS);
-    route();
-  }
+function flash(row, kind) {
+  row.el.classList.remove("flash-up", "flash-down");
+  void row.el.offsetWidth; // restart the animation
+  row.el.classList.add(kind);
+  clearTimeout(row.flashTimer);
+  row.flashTimer = setTimeout(() => row.el.classList.remove(kind), FLASH_MS);
+}
 
-  start();
-})();
+// --- views and navigation --------------------------------------------------------------------
+
+function route() {
+  const previous = { ...state };
+  Object.assign(state, parseHash());
+  renderTabs();
+  connect();
+  if (state.item) showItem(previous);
+  else showChart(previous);
+}
+
+function showChart(previous) {
+  $("item-view").hidden = true;
+  $("chart-view").hidden = false;
+  closeItem();
+  const { type, chart } = state;
+  document.title = `${CHARTS[chart].title(TYPES[type])} · voteledger charts`;
+  loadChart(0).then(() => {
+    const row = previous.item && state.rows.get(previous.item);
+    if (row && !state.item) row.link.focus();
+  });
+}
+
+function showItem(previous) {
+  state.openedFromChart = !previous.item && previous.loaded !== null;
+  $("chart-view").hidden = true;
+  $("item-view").hidden = false;
+  $("item-back").href = hashFor(state.type, state.chart);
+  openItem(state.item, state.chart);
+  $("item-title").focus();
+  loadItem(0);
+}
+
+function renderTabs() {
+  for (const tab of document.querySelectorAll("[role=tab]")) {
+    const selected = tab.dataset.type === state.type || tab.dataset.chart === state.chart;
+    tab.setAttribute("aria-selected", String(selected));
+    tab.tabIndex = selected ? 0 : -1;
+  }
+  $("chart-panel").setAttribute("aria-labelledby", `tab-${state.type} tab-${state.chart}`);
+}
+
+function selectTab(tab) {
+  const type = tab.dataset.type || state.type;
+  const chart = tab.dataset.chart || state.chart;
+  const hash = hashFor(type, chart);
+  if (location.hash !== hash) location.hash = hash;
+}
+
+// Tabs as the ARIA practices describe: one tab stop per list, arrows move and select.
+function setUpTabs(list) {
+  const tabs = [...list.querySelectorAll("[role=tab]")];
+  list.addEventListener("click", (event) => {
+    const tab = event.target.closest("[role=tab]");
+    if (tab) selectTab(tab);
+  });
+  list.addEventListener("keydown", (event) => {
+    const at = tabs.indexOf(document.activeElement);
+    const moves = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 };
+    if (at < 0 || !(event.key in moves)) return;
+    event.preventDefault();
+    const tab = tabs[(moves[event.key] + tabs.length) % tabs.length];
+    tab.focus();
+    selectTab(tab);
+  });
+}
+
+function setUpRows() {
+  const tbody = $("chart-rows");
+  // The whole row opens the item; the title link is what keyboards and screen readers use.
+  tbody.addEventListener("click", (event) => {
+    const row = event.target.closest("tr[data-id]");
+    if (!row || event.target.closest("a") || window.getSelection().toString()) return;
+    location.hash = hashFor(state.type, state.chart, row.dataset.id);
+  });
+  tbody.addEventListener("keydown", (event) => {
+    const row = event.target.closest("tr[data-id]");
+    if (!row || (event.key !== "ArrowDown" && event.key !== "ArrowUp")) return;
+    const next = event.key === "ArrowDown" ? row.nextElementSibling : row.previousElementSibling;
+    if (!next) return;
+    event.preventDefault();
+    next.querySelector("a").focus();
+  });
+}
+
+function setUpBackLink() {
+  $("item-back").addEventListener("click", (event) => {
+    if (!state.openedFromChart) return;
+    event.preventDefault();
+    history.back(); // the chart it came from, where the back button also goes
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.item) $("item-back").click();
+  });
+}
+
+function start() {
+  // The skip link moves focus only: as a hash it would be read as a view.
+  $("skip-link").addEventListener("click", (event) => {
+    event.preventDefault();
+    $("main").focus();
+  });
+  for (const list of document.querySelectorAll("[role=tablist]")) setUpTabs(list);
+  setUpRows();
+  setUpBackLink();
+  setUpItemView(changed);
+  window.addEventListener("hashchange", route);
+  setInterval(() => {
+    if (!document.hidden) changed(0);
+  }, PERIODIC_MS);
+  route();
+}
+
+start();

@@ -52,22 +52,36 @@ async def test_assets_at_their_current_version_are_kept_for_a_year(
     client: httpx.AsyncClient,
 ) -> None:
     page = (await client.get("/")).text
-    named = re.findall(r'"/static/([a-z.]+)\?v=([0-9a-f]{16})"', page)
-    assert {name for name, _ in named} == {"app.js", "app.css", "icon.svg"}
-    types = {"app.js": "text/javascript", "app.css": "text/css", "icon.svg": "image/svg+xml"}
-    for name, version in named:
+    named = dict(re.findall(r'"/static/([a-z.]+)\?v=([0-9a-f]{16})"', page))
+    assert set(named) == {"app.js", "app.css", "icon.svg"}
+    types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+    todo, seen = list(named.items()), set()
+    while todo:
+        name, version = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
         current = await client.get(f"/static/{name}", params={"v": version})
         assert current.status_code == 200
-        assert current.headers["content-type"].startswith(types[name])
+        assert current.headers["content-type"].startswith(types[name[name.rindex(".") :]])
         assert current.headers["cache-control"] == "public, max-age=31536000, immutable"
-        assert current.content == (STATIC / name).read_bytes()
         assert current.headers["etag"] == f'"{version}"'
+        # A module names the modules it imports at their current versions, as the page does.
+        imported = dict(re.findall(r'from "\./([a-z]+\.js)\?v=([0-9a-f]{16})";', current.text))
+        for module, module_version in imported.items():
+            assert named.setdefault(module, module_version) == module_version  # one version
+            todo.append((module, module_version))
+        expected = (STATIC / name).read_text()
+        for module, module_version in imported.items():
+            expected = expected.replace(f"{{{{{module}}}}}", module_version)
+        assert current.text == expected and "{{" not in current.text
         old = await client.get(f"/static/{name}", params={"v": "0" * 16})
         assert old.headers["cache-control"] == "public, no-cache"
         revalidated = await client.get(
             f"/static/{name}", headers={"If-None-Match": f'W/"{version}", "other"'}
         )
         assert revalidated.status_code == 304
+    assert seen == {"app.js", "item.js", "util.js", "app.css", "icon.svg"}
 
 
 @pytest.mark.parametrize(
@@ -108,7 +122,7 @@ def test_the_files_hold_nothing_the_policy_blocks() -> None:
     markup = _Markup()
     markup.feed((STATIC / "index.html").read_text())
     assert markup.blocked == []
-    for name in ("app.js", "app.css"):
+    for name in ("app.js", "item.js", "util.js", "app.css"):
         text = (STATIC / name).read_text()
         assert re.findall(r"https?://(?!www\.w3\.org/2000/svg)", text) == [], name
         assert "@import" not in text and "url(" not in text, name
