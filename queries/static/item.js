@@ -236,7 +236,8 @@ function drawHistory(body) {
   title.textContent = `Daily rank on the ${FOCUS[view.focus].toLowerCase()} chart`;
   const desc = svg("desc", { id: "history-svg-desc" });
   desc.textContent = historySummary(placed);
-  chart.append(title, desc, svg("path", { d: linePath(placed, x, y), class: "line" }));
+  const top = svg("line", { x1: 0, x2: width, y1: y(1), y2: y(1), class: "guide" });
+  chart.append(title, desc, top, svg("path", { d: linePath(placed, x, y), class: "line" }));
   for (const [i, day] of placed.entries()) {
     const { rank, score } = day[view.focus];
     const last = i === placed.length - 1;
@@ -314,8 +315,9 @@ function renderExplanation({ status, body }) {
   $("explain-rows").replaceChildren(...rows);
   const total = header("row", "Total");
   total.colSpan = columns.length - 1;
-  // The confidence total is the bound itself (as in the formula), not a percentage.
-  const sum = body.sort === "confidence" ? plain(body.total) : scoreText(body.sort, body.total);
+  // Fractional totals as precise as their parts (confidence: the bound itself, as in the formula).
+  const whole = body.sort === "net" || body.sort === "independent";
+  const sum = whole ? signed(body.total) : plain(body.total);
   $("explain-total").replaceChildren(total, element("td", "", sum));
   const more = body.components_truncated;
   $("explain-note").hidden = !more;
