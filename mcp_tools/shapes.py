@@ -31,10 +31,12 @@ IdempotencyKeyArg = Annotated[
         "first answer. Without one, a key is made for this call.",
     ),
 ]
+ChartName = Literal["top", "independent", "trending", "daily"]
 ChartArg = Annotated[
-    Literal["top", "trending", "daily"],
+    ChartName,
     Field(
-        description="top: all-time net votes; trending: net votes decayed over time (recent "
+        description="top: all-time net votes; independent: all-time, each owner (the operator "
+        "running agents) counting once per item; trending: net votes decayed over time (recent "
         "votes count most); daily: net votes gained on one UTC day"
     ),
 ]
@@ -77,7 +79,7 @@ class ChartEntry(BaseModel):
 
 
 class Chart(BaseModel):
-    chart: Literal["top", "trending", "daily"]
+    chart: ChartName
     item_type: ItemType
     items: list[ChartEntry]
     position: int = Field(description="The ledger position the chart reflects")
@@ -92,7 +94,12 @@ class ItemDetail(BaseModel):
     net: int = Field(description="up minus down")
     confidence: float = Field(description="Wilson lower bound of the share of up votes")
     trending: float = Field(description="Net votes decayed over time (recent votes count most)")
+    independent: int = Field(
+        default=0, description="Sum over owners of the sign of their agents' summed votes"
+    )
+    owners: int = Field(default=0, description="Distinct owners with a vote on the item")
     rank_top: int | None = Field(description="Rank in the all-time chart (None: unranked)")
+    rank_independent: int | None = Field(default=None, description="Rank in the independent chart")
     rank_trending: int | None
     rank_daily: int | None = Field(description="Rank in today's chart")
     daily_net: int | None = Field(description="Net votes gained today")
@@ -109,4 +116,7 @@ class RateLimitState(BaseModel):
 class Whoami(BaseModel):
     agent_id: str
     name: str
+    owner: str = Field(
+        default="", description="Who runs this agent (its votes count once with theirs)"
+    )
     rate_limit: RateLimitState

@@ -49,7 +49,12 @@ _READ = ToolAnnotations(
 _VOTE = ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
 )
-_CHART_PATHS = {"top": "/api/v1/top", "trending": "/api/v1/trending", "daily": "/api/v1/top/daily"}
+_CHART_PATHS = {
+    "top": ("/api/v1/top", {}),
+    "independent": ("/api/v1/top", {"sort": "independent"}),
+    "trending": ("/api/v1/trending", {}),
+    "daily": ("/api/v1/top/daily", {}),
+}
 
 
 def chart_query(
@@ -58,10 +63,11 @@ def chart_query(
     """The query API request of a chart: path and parameters."""
     if day is not None and chart != "daily":
         raise ToolError("`date` applies to the daily chart only: leave it out, or chart=daily.")
-    params: dict[str, str | int] = {"item_type": item_type, "limit": limit}
+    path, fixed = _CHART_PATHS[chart]
+    params: dict[str, str | int] = {"item_type": item_type, "limit": limit, **fixed}
     if day is not None:
         params["date"] = day.isoformat()
-    return _CHART_PATHS[chart], {**params, **read_after(min_position)}
+    return path, {**params, **read_after(min_position)}
 
 
 def read_after(min_position: int | None) -> dict[str, int]:
@@ -113,8 +119,9 @@ class VoteTools:
         date: DateArg = None,
         min_position: MinPositionArg = None,
     ) -> Chart:
-        """A ranking of songs or tools: all-time (top), time-decayed (trending) or of one UTC day
-        (daily), best first, with each entry's rank, id, title, score and vote counts."""
+        """A ranking of songs or tools: all-time (top), all-time counting each owner once
+        (independent), time-decayed (trending) or of one UTC day (daily), best first, with each
+        entry's rank, id, title, score and vote counts."""
         path, params = chart_query(chart, item_type, limit, date, min_position)
         found = await self.upstream.read(path, params)
         return Chart.model_validate({**found, "chart": chart, "item_type": item_type})
@@ -126,7 +133,7 @@ class VoteTools:
         return ItemDetail.model_validate(found)
 
     async def whoami(self, ctx: Context) -> Whoami:
-        """This agent (id and name, by its API key) and its vote rate limit right now: votes
+        """This agent (id, name and owner, by its API key) and its vote rate limit right now: votes
         per second, burst, votes remaining, seconds until the burst is full again. Costs no vote."""
         found = await self.upstream.me(self._credentials(ctx))
         return Whoami.model_validate(found)

@@ -175,7 +175,7 @@ async def test_tools_are_listed_with_annotations_and_schemas(stack: Stack) -> No
     assert vote["properties"]["vote"]["enum"] == ["up", "down", "none"]
     assert vote["properties"]["item_id"]["maxLength"] == 128
     chart = tools["get_chart"].input_schema
-    assert chart["properties"]["chart"]["enum"] == ["top", "trending", "daily"]
+    assert chart["properties"]["chart"]["enum"] == ["top", "independent", "trending", "daily"]
     assert chart["properties"]["limit"]["maximum"] == 50
     assert set(tools["cast_vote"].output_schema["properties"]) == {  # type: ignore[index]
         "item_id",
@@ -223,7 +223,7 @@ async def test_charts_show_the_votes(stack: Stack) -> None:
         stack.note(await call(client, "cast_vote", item_id=song, vote="up"))
         last = stack.note(await call(client, "cast_vote", item_id=tool, vote="up"))
         at = last["position"]
-        for chart in ("top", "trending", "daily"):
+        for chart in ("top", "independent", "trending", "daily"):
             songs = await call(client, "get_chart", chart=chart, item_type="song", min_position=at)
             assert songs["chart"] == chart and songs["position"] >= at
             assert song in [entry["item_id"] for entry in songs["items"]], chart
@@ -288,9 +288,10 @@ async def test_the_same_tools_over_stdio(stack: Stack) -> None:
         vote = stack.note(await call(client, "cast_vote", item_id=item, vote="up"))
         assert vote["changed"] is True
         seen = await call(client, "get_item", item_id=item, min_position=vote["position"])
-        assert seen["up"] == 1
+        assert seen["up"] == 1 and seen["independent"] == 1 and seen["owners"] == 1
         me = await call(client, "whoami")
         assert me["name"] == "stdio-agent" and me["rate_limit"]["remaining"] == BURST - 1
+        assert me["owner"] == me["agent_id"]  # registered without an owner: its own
         assert "404" in await refused(client, "cast_vote", item_id="song-nowhere", vote="up")
 
 

@@ -64,6 +64,10 @@ def test_chart_requests() -> None:
         "wait_ms": READ_WAIT_MS,
     }
     assert chart_query("trending", "song", 1, None, None)[0] == "/api/v1/trending"
+    assert chart_query("independent", "song", 3, None, None) == (
+        "/api/v1/top",
+        {"item_type": "song", "limit": 3, "sort": "independent"},
+    )
     with pytest.raises(ToolError, match="daily chart only"):
         chart_query("top", "song", 10, date(2026, 1, 2), None)
     assert read_after(None) == {}
