@@ -18,7 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from infra import errors, heap, problems
 from infra.http import NO_TELEMETRY, EdgeMiddleware
 from infra.settings import Settings, get_settings
-from queries import history
+from queries import explain, history
 from queries.cache import CachedPages
 from queries.direct import ItemEndpoint
 from queries.page import page_router
@@ -85,5 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(router)
     app.include_router(history.router)  # charts as they stood: as-of, history, digests
+    app.include_router(explain.router)  # why an item has its score
     app.include_router(page_router())  # the live chart page at /, for people
     return app

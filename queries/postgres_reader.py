@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -19,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from projections import generations
 from projections.postgres_store import schema
+from queries.explain_shapes import DayRow, OwnerRow, Stored
 from queries.shapes import (
     Cursor,
     Detail,
@@ -83,6 +85,27 @@ FROM {schema}.items AS i
 LEFT JOIN {schema}.daily AS d ON d.item_id = i.item_id AND d.day = ANY(%(days)s)
 WHERE i.item_id = %(item_id)s
 """
+
+# An item's explanation: its chart scores, then (independent) its voting owners, largest |value|
+# first (ties by owner, bytewise: as queries.explain orders them) with the count and sum of signs
+# of all of them, or (trending) its days and whether the generation keeps per-day sums.
+_EXPLAIN = """
+SELECT item_type, up, down, net, wilson, independent, trend FROM {schema}.items
+WHERE item_id = %(item_id)s
+"""
+_EXPLAIN_OWNERS = """
+SELECT owner, value, active, count(*) OVER (), sum(sign(value)) OVER ()
+FROM {schema}.item_owners WHERE item_id = %(item_id)s AND active > 0
+ORDER BY abs(value) DESC, owner
+LIMIT %(limit)s
+"""
+_EXPLAIN_DAYS = """
+SELECT day, net, trend FROM {schema}.daily WHERE item_id = %(item_id)s ORDER BY day
+"""
+_DAY_TREND_READY = """
+SELECT day_trend_ready FROM {schema}.checkpoint WHERE projection = 'postgres'
+"""
+_EXPLAIN_SCORE = {"net": 3, "confidence": 4, "independent": 5, "trending": 6}
 
 Row = tuple[Any, ...]
 
@@ -169,6 +192,29 @@ class PostgresReader:
         nets = {day: net for day, net in rows if day is not None}
         return daily_series(item_id, days, nets), watermark
 
+    async def explain(self, item_id: str, sort: str, limit: int) -> tuple[Stored | None, int]:
+        """An item's stored numbers on one chart (at most `limit` owners), or None if unknown."""
+        params = {"item_id": item_id, "limit": limit}
+        async with self._snapshot() as (conn, generation):
+            cur = await conn.execute(_statement(_EXPLAIN, generation), params)
+            row = await cur.fetchone()
+            watermark, epoch = await self._position(conn, generation)
+            if row is None:
+                return None, watermark
+            found = Stored(row[0], row[1], row[2], float(row[_EXPLAIN_SCORE[sort]]), epoch)
+            if sort == "independent":
+                query = _statement(_EXPLAIN_OWNERS, generation)
+                owners = await (await conn.execute(query, params)).fetchall()
+                found = _with_owners(found, owners)
+            elif sort == "trending":
+                query = _statement(_EXPLAIN_DAYS, generation)
+                days = await (await conn.execute(query, params)).fetchall()
+                ready = await conn.execute(_statement(_DAY_TREND_READY, generation))
+                complete = bool((await ready.fetchone() or (False,))[0])
+                rows = [DayRow(day, net, trend) for day, net, trend in days]
+                found = replace(found, days=rows, complete=complete)
+        return found, watermark
+
     def _detail(self, item_id: str, row: Row, epoch: float | None, now: float) -> Detail:
         item_type, title, up, down, net, wilson, trend, r_top, r_trend, r_daily, daily, *more = row
         trending = display("trending", trend, epoch, now, self.half_life)
@@ -188,6 +234,14 @@ class PostgresReader:
             daily,
             *more,
         )
+
+
+def _with_owners(found: Stored, rows: list[Row]) -> Stored:
+    """The owners shown, and the count and sum of signs of those past the limit."""
+    shown = [OwnerRow(owner, value, active) for owner, value, active, _, _ in rows]
+    count, signs = (rows[0][3], rows[0][4]) if rows else (0, 0)
+    left_sign = int(signs) - sum((o.value > 0) - (o.value < 0) for o in shown)
+    return replace(found, owners=shown, others=count - len(shown), others_sign=left_sign)
 
 
 def _page_params(query: ListQuery, cursor: Cursor | None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The Redis reader: one Lua call per page (`page.lua`), item (`item.lua`) or item's daily series
-(`series.lua`), each returning the watermark the data reflects, and the contracts of those calls.
+"""The Redis reader: one Lua call per page (`page.lua`), item (`item.lua`), item's daily series
+(`series.lua`) or score explanation (`explain.lua`), each returning the watermark the data
+reflects, and the contracts of those calls.
 
 Each script takes one JSON map and returns one, both msgspec Structs here, so either side can change
 without counting positions. Scores cross as the strings Redis stores (exact doubles), converted
@@ -19,6 +20,7 @@ from redis.commands.core import AsyncScript
 from events.types import ItemType
 from infra import scripts
 from projections.redis_store import meta_key, namespace
+from queries.explain_shapes import DayRow, OwnerRow, Stored
 from queries.shapes import (
     Cursor,
     Detail,
@@ -106,7 +108,38 @@ class SeriesReply(msgspec.Struct, frozen=True):
     nets: list[str] | None = None  # one per day asked; absent for an unknown item
 
 
+class ExplainArgs(msgspec.Struct, frozen=True):
+    item_id: str
+    sort: str
+    days: list[date] = []  # trending: the days Redis keeps, oldest first
+
+
+class StoredDay(msgspec.Struct, frozen=True):
+    day: date
+    net: str
+    trend: str
+
+
+class ExplainedItem(msgspec.Struct, frozen=True):
+    item_type: str
+    up: int
+    down: int
+    score: str
+    own: list[str] = []  # independent: the item's owner hash (field, value, ...)
+    days: list[StoredDay] = []
+    complete: bool = True
+
+
+class ExplainReply(msgspec.Struct, frozen=True):
+    watermark: str
+    live: bool
+    epoch: str | None = None
+    head: str | None = None
+    item: ExplainedItem | None = None
+
+
 _encoder = msgspec.json.Encoder()
+_explain_reply = msgspec.json.Decoder(ExplainReply)
 _series_reply = msgspec.json.Decoder(SeriesReply)
 _page_reply = msgspec.json.Decoder(PageReply)
 _item_reply = msgspec.json.Decoder(ItemReply)
@@ -125,6 +158,7 @@ class RedisReader:
         self._page = scripts.load(client, "queries", "page.lua")
         self._item = scripts.load(client, "queries", "item.lua")
         self._series = scripts.load(client, "queries", "series.lua")
+        self._explain = scripts.load(client, "queries", "explain.lua")
 
     async def page(self, generation: int, query: ListQuery, now: float) -> Page:
         cursor = query.after(generation)
@@ -172,6 +206,28 @@ class RedisReader:
         nets = {day: int(float(net)) for day, net in zip(days, reply.nets, strict=True)}
         return daily_series(item_id, days, nets), int(reply.watermark)
 
+    async def explain(
+        self, generation: int, item_id: str, sort: str, days: list[date]
+    ) -> tuple[Stored | None, int]:
+        """An item's stored numbers on one chart (trending: on `days`), or None if unknown."""
+        args = ExplainArgs(item_id, sort, days if sort == "trending" else [])
+        reply = _explain_reply.decode(await self._call(self._explain, generation, args))
+        self._saw_head(reply.head)
+        _check_live(reply.live)
+        found, watermark = reply.item, int(reply.watermark)
+        if found is None:
+            return None, watermark
+        return Stored(
+            found.item_type,
+            found.up,
+            found.down,
+            float(found.score),
+            _epoch(reply.epoch),
+            owners=_owners(found.own),
+            days=[DayRow(d.day, int(float(d.net)), float(d.trend)) for d in found.days],
+            complete=found.complete,
+        ), watermark
+
     def _detail(self, item_id: str, found: FoundItem, epoch: float | None, now: float) -> Detail:
         daily = int(float(found.daily_net)) if found.daily_net is not None else None
         trending = display("trending", float(found.trend), epoch, now, self.half_life)
@@ -209,6 +265,17 @@ class RedisReader:
         """A missing head (a projector that does not write one yet) leaves it unknown."""
         if head:
             self.head = max(self.head, int(head))
+
+
+def _owners(own: list[str]) -> list[OwnerRow]:
+    """The owners voting on an item from its owner hash (`v:<owner>` value, `a:<owner>` agents
+    voting; projections.independent_redis), those with no agent voting left out."""
+    values: dict[str, int] = {}
+    active: dict[str, int] = {}
+    for name, raw in zip(own[::2], own[1::2], strict=True):
+        kind, _, owner = name.partition(":")
+        (values if kind == "v" else active)[owner] = int(raw)
+    return [OwnerRow(o, values.get(o, 0), n) for o, n in active.items() if n > 0]
 
 
 def _check_live(live: bool) -> None:

@@ -1,0 +1,230 @@
+"""GET /api/v1/items/{item_id}/explain: components that add up exactly to the chart's score, from
+Redis and from PostgreSQL (Redis unreachable) alike.
+
+The ledger is written directly with recording times days apart; a projector and two query APIs
+(one with Redis, one without) run in-process, once for the module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from events import store
+from events.types import AgentRegistered, Direction, Event, ItemListed, VoteCast
+from infra.settings import Settings
+from projections.runner import run_worker
+from queries.app import create_app
+from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
+
+pytestmark = pytest.mark.timeout(60)
+NOW = datetime.now(UTC).replace(microsecond=0)
+DETAIL_FIELD = {
+    "net": "net",
+    "confidence": "confidence",
+    "independent": "independent",
+    "trending": "trending",
+}
+
+
+@dataclass
+class Apis:
+    redis: httpx.AsyncClient
+    postgres: httpx.AsyncClient  # Redis unreachable: PostgreSQL answers everything
+    position: int
+
+
+@contextlib.asynccontextmanager
+async def _query_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://query") as client:
+            yield client
+
+
+class Ledger:
+    """Events with explicit recording times; agents registered for owners as they first vote."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Event, datetime]] = []
+        self.slots: dict[tuple[uuid.UUID, str], tuple[Direction, datetime]] = {}
+
+    def list(self, item_id: str) -> None:
+        self.rows.append((ItemListed(item_id, "song", item_id), NOW - timedelta(days=60)))
+
+    def agent(self, owner: str) -> uuid.UUID:
+        agent = uuid.uuid4()
+        self.rows.append((AgentRegistered(agent, owner, owner), NOW - timedelta(days=60)))
+        return agent
+
+    def vote(
+        self, agent: uuid.UUID, owner: str, item: str, direction: Direction, at: datetime
+    ) -> None:
+        previous, cast_at = self.slots.get((agent, item), ("none", None))
+        event = VoteCast(agent, item, "song", direction, previous, cast_at, owner)
+        self.rows.append((event, at))
+        self.slots[(agent, item)] = (direction, at)
+
+
+def _ledger() -> Ledger:
+    """song-a: owners alice (-1), dave (+1), farm (3 agents: +1 +1 -1), bob (2 agents: +1 -1),
+    carol (voted, then retracted), over 40 days (so Redis no longer keeps all its days).
+    song-b: votes over the last three days only, several a day. song-c: listed, no votes."""
+    ledger = Ledger()
+    for item in ("song-a", "song-b", "song-c"):
+        ledger.list(item)
+    day = timedelta(days=1)
+    alice, dave, carol = (ledger.agent(o) for o in ("alice", "dave", "carol"))
+    farm = [ledger.agent("farm") for _ in range(3)]
+    bob = [ledger.agent("bob") for _ in range(2)]
+    ledger.vote(carol, "carol", "song-a", "up", NOW - 40 * day)
+    ledger.vote(alice, "alice", "song-a", "down", NOW - 10 * day)
+    ledger.vote(farm[0], "farm", "song-a", "up", NOW - 10 * day)
+    ledger.vote(farm[1], "farm", "song-a", "up", NOW - 3 * day)
+    ledger.vote(farm[2], "farm", "song-a", "down", NOW - 3 * day)
+    ledger.vote(bob[0], "bob", "song-a", "up", NOW - 2 * day)
+    ledger.vote(bob[1], "bob", "song-a", "down", NOW - day)
+    ledger.vote(carol, "carol", "song-a", "none", NOW - day)
+    ledger.vote(dave, "dave", "song-a", "up", NOW)
+    voters = [ledger.agent(f"b{n}") for n in range(4)]
+    for n, agent in enumerate(voters):
+        ledger.vote(agent, f"b{n}", "song-b", "up", NOW - 2 * day + n * timedelta(hours=3))
+    ledger.vote(voters[0], "b0", "song-b", "down", NOW - day)
+    ledger.vote(voters[1], "b1", "song-b", "none", NOW - timedelta(hours=1))
+    return ledger
+
+
+@pytest.fixture(scope="module")
+async def apis(redis_url: str) -> AsyncIterator[Apis]:
+    with fresh_database() as url, fresh_redis_prefix(redis_url) as prefix:
+        settings = make_settings(url, redis_url, prefix, VOTELEDGER_POLL_INTERVAL="0.2")
+        with psycopg.connect(url) as conn, conn.transaction():
+            store.append_many_sync(conn, _ledger().rows)
+            row = conn.execute("SELECT max(position) FROM events").fetchone()
+        assert row is not None
+        unreachable = make_settings(url, "redis://127.0.0.1:1/0", prefix)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(settings, stop))
+        try:
+            async with _query_api(settings) as redis, _query_api(unreachable) as postgres:
+                apis = Apis(redis, postgres, int(row[0]))
+                await _until_redis_answers(apis)
+                yield apis
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 30)
+
+
+async def _until_redis_answers(apis: Apis) -> None:
+    params = {"min_position": apis.position, "wait_ms": 1000}
+    for _ in range(100):
+        response = await apis.redis.get("/api/v1/items/song-a", params=params)
+        if response.status_code == 200 and response.headers["X-Read-Model"] == "redis":
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the Redis read models never caught up")
+
+
+async def _explain(client: httpx.AsyncClient, item: str, sort: str, **params: Any) -> Any:
+    response = await client.get(f"/api/v1/items/{item}/explain", params={"sort": sort} | params)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def _adds_up(body: dict[str, Any]) -> None:
+    """The components give the total, and the total the score (trending: with `rounding`)."""
+    parts, sort = body["components"], body["sort"]
+    if sort == "net":
+        assert sum(p["value"] for p in parts) == body["total"] == body["score"]
+    elif sort == "independent":
+        assert sum(p["sign"] for p in parts) == body["total"] == body["score"]
+    elif sort == "confidence":
+        assert [p["label"] for p in parts] == ["up", "down", "z"]
+        assert body["total"] == body["score"]  # bit-identical: the chart's own function
+    else:
+        days = [p for p in parts if "date" in p]
+        for p in days:
+            assert p["weight"] * p["factor"] == p["contribution"]
+        assert math.fsum(p["contribution"] for p in days) == body["total"]
+        rounding = [p for p in parts if p.get("label") == "rounding"]
+        assert len(days) + len(rounding) == len(parts)
+        if rounding:
+            assert rounding[0]["contribution"] == body["score"] - body["total"] != 0
+        else:
+            assert body["total"] == body["score"]
+        assert math.isclose(math.fsum(p["contribution"] for p in parts), body["score"])
+
+
+@pytest.mark.parametrize("sort", ["net", "independent", "confidence"])
+async def test_components_add_up_to_the_score_in_both_stores(apis: Apis, sort: str) -> None:
+    """For every item, the same explanation from Redis and from PostgreSQL, at the same
+    position, adding up to the item's score as item detail gives it."""
+    for item in ("song-a", "song-b", "song-c"):
+        bodies = []
+        for client, source in ((apis.redis, "redis"), (apis.postgres, "postgres")):
+            response = await _explain(client, item, sort, min_position=apis.position)
+            assert response.headers["X-Read-Model"] == source
+            body = response.json()
+            _adds_up(body)
+            detail = (await client.get(f"/api/v1/items/{item}")).json()
+            assert body["score"] == detail[DETAIL_FIELD[sort]], (item, source)
+            assert body["position"] == apis.position == int(response.headers["X-Ledger-Position"])
+            bodies.append(body)
+        assert bodies[0] == bodies[1], item
+
+
+async def test_the_independent_score_lists_each_owner_once(apis: Apis) -> None:
+    """Owners by |sum| then name, the one whose agents all retracted left out; past `limit`,
+    one `rest` component carries the others' signs."""
+    for client in (apis.redis, apis.postgres):
+        body = (await _explain(client, "song-a", "independent")).json()
+        assert body["components"] == [
+            {"owner": "alice", "agents": 1, "sum": -1, "sign": -1},
+            {"owner": "dave", "agents": 1, "sum": 1, "sign": 1},
+            {"owner": "farm", "agents": 3, "sum": 1, "sign": 1},
+            {"owner": "bob", "agents": 2, "sum": 0, "sign": 0},
+        ]
+        assert body["score"] == body["total"] == 1
+        assert "components_truncated" not in body
+        short = (await _explain(client, "song-a", "independent", limit=1)).json()
+        assert short["components"] == [
+            {"owner": "alice", "agents": 1, "sum": -1, "sign": -1},
+            {"label": "rest", "owners": 3, "sign": 2},
+        ]
+        assert short["components_truncated"] is True
+        assert short["score"] == short["total"] == 1
+
+
+async def test_net_and_confidence_components(apis: Apis) -> None:
+    body = (await _explain(apis.redis, "song-a", "net")).json()
+    assert body["components"] == [{"label": "up", "value": 4}, {"label": "down", "value": -3}]
+    conf = (await _explain(apis.redis, "song-b", "confidence")).json()
+    assert conf["components"][:2] == [{"label": "up", "value": 2}, {"label": "down", "value": 1}]
+    assert conf["components"][2]["label"] == "z"
+    assert "sqrt" in conf["formula"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/v1/items/song-nope/explain", 404),
+        ("/api/v1/items/song-a/explain?sort=bogus", 422),
+        ("/api/v1/items/song-a/explain?sort=independent&limit=1001", 422),
+        ("/api/v1/items/song-a/explain?min_position=-1", 422),
+    ],
+)
+async def test_bad_requests_are_problem_details(apis: Apis, path: str, status: int) -> None:
+    for client in (apis.redis, apis.postgres):
+        response = await client.get(path)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
