@@ -106,6 +106,14 @@ for _, it in ipairs(a.items) do
     else
         redis.call('HSET', key, 'item_type', item_type, 'net', net)
     end
+    -- The first vote's UTC day: an item voted on before the days Redis keeps is explained from
+    -- PostgreSQL (queries/explain.lua). ISO dates of one width compare as strings.
+    if it.first_day then
+        local first = redis.call('HGET', key, 'first_day')
+        if not first or it.first_day < first then
+            redis.call('HSET', key, 'first_day', it.first_day)
+        end
+    end
     redis.call('ZADD', ns .. ':top:' .. item_type, net, id)
     redis.call('ZADD', ns .. ':conf:' .. item_type, num(wilson(up, down)), id)
     local trend = redis.call('ZINCRBY', ns .. ':trend:' .. item_type, it.trend, id)
@@ -122,6 +130,9 @@ for _, d in ipairs(a.days) do
     local key = ns .. ':daily:' .. d.item_type .. ':' .. d.day
     redis.call('ZINCRBY', key, d.net, d.item_id)
     redis.call('EXPIREAT', key, d.expire_at)
+    local trend = ns .. ':daily:' .. d.item_type .. ':' .. d.day .. ':trend'
+    redis.call('ZINCRBY', trend, d.trend, d.item_id)
+    redis.call('EXPIREAT', trend, d.expire_at)
 end
 
 -- `head`: the ledger head as the worker last saw it, so readers can refuse positions beyond it.
@@ -131,6 +142,11 @@ redis.call('HDEL', meta, 'dirty')
 -- "live": this generation has caught up with the ledger at least once, so readers may use it.
 if a.live then
     redis.call('HSET', meta, 'live', 1)
+end
+-- A generation projected from the start keeps per-day trending sums for all its days; one made
+-- before them is projected again (projections.redis_store.RedisStore.start).
+if not cur[1] then
+    redis.call('HSET', meta, 'day_trend', 1)
 end
 if a.last_event_at ~= '' then
     redis.call('HSET', meta, 'last_event_at', a.last_event_at)

@@ -29,7 +29,14 @@ for _, t in ipairs(a.item_types) do
     end
     for _, d in ipairs(a.dates) do
         local scores = redis.call('ZRANGE', ns .. ':daily:' .. t .. ':' .. d, 0, -1, 'WITHSCORES')
-        if #scores > 0 then days[#days + 1] = {day = d, item_type = t, scores = scores} end
+        local trend_key = ns .. ':daily:' .. t .. ':' .. d .. ':trend'
+        local trends = redis.call('ZRANGE', trend_key, 0, -1, 'WITHSCORES')
+        if #scores > 0 or #trends > 0 then
+            local day = {day = d, item_type = t}
+            if #scores > 0 then day.scores = scores end
+            if #trends > 0 then day.trends = trends end
+            days[#days + 1] = day
+        end
     end
 end
 local reply = {meta = meta}

@@ -105,11 +105,15 @@ class ItemTotals:
 
 @dataclass(slots=True)
 class DayTotals:
-    """What one item gained on one UTC day (negative when votes were withdrawn that day)."""
+    """What one item gained on one UTC day (negative when votes were withdrawn that day), and
+    `trend`, the sum of that day's trending weights relative to the end of the day
+    (`day_reference`): a fixed reference, so it is never rescaled, and each vote's weight is at
+    most 1 (it counts at or before its recording time), so no half-life overflows it."""
 
     item_type: str
     up: int = 0
     down: int = 0
+    trend: float = 0.0
 
     @property
     def net(self) -> int:
@@ -169,6 +173,14 @@ def choose_epoch(current: float | None, events: list[Recorded], half_life: float
     return trending_times(current, events, half_life)[0]
 
 
+_UNIX_DAY_ZERO = date(1970, 1, 1).toordinal()
+
+
+def day_reference(day: date) -> float:
+    """The end of a UTC day (Unix seconds): what its per-day trending sum is relative to."""
+    return (day.toordinal() - _UNIX_DAY_ZERO + 1) * 86400.0
+
+
 def weight(at: float, epoch: float, half_life: float) -> float:
     """2^((at - epoch)/h): what a vote at `at` adds relative to `epoch`; 0 below 2^-FLOOR."""
     x = (at - epoch) / half_life
@@ -206,6 +218,7 @@ def fold(events: Iterable[Recorded], since: float | None, half_life: float) -> C
                 day = days[key] = DayTotals(event.item_type)
             day.up += up
             day.down += down
+            day.trend += delta * weight(trend_at, day_reference(key[0]), half_life)
             key_owner = (event.item_id, event.owned_by)
             owner = owners.get(key_owner)
             if owner is None:
@@ -256,10 +269,13 @@ def merge(into: Changes, more: Changes, half_life: float) -> Changes:
     for key, extra_day in more.days.items():
         day = into.days.get(key)
         if day is None:
-            into.days[key] = DayTotals(extra_day.item_type, extra_day.up, extra_day.down)
+            into.days[key] = DayTotals(
+                extra_day.item_type, extra_day.up, extra_day.down, extra_day.trend
+            )
         else:
             day.up += extra_day.up
             day.down += extra_day.down
+            day.trend += extra_day.trend
     for key_owner, extra_owner in more.owners.items():
         owner = into.owners.get(key_owner)
         if owner is None:

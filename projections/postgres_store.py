@@ -87,18 +87,19 @@ ON CONFLICT (item_id) DO UPDATE SET
     last_vote_at = greatest(i.last_vote_at, excluded.last_vote_at)
 """,
     "days": """
-INSERT INTO {schema}.daily AS d (day, item_id, item_type, up, down, net)
-SELECT byday.day::date, e.item_id, c.item_type, c.up, c.down, c.up - c.down
+INSERT INTO {schema}.daily AS d (day, item_id, item_type, up, down, net, trend)
+SELECT byday.day::date, e.item_id, c.item_type, c.up, c.down, c.up - c.down, c.trend
 FROM jsonb_each(%s::jsonb) AS byday(day, items), jsonb_each(byday.items) AS e(item_id, totals),
-     jsonb_to_record(e.totals) AS c(item_type text, up bigint, down bigint)
+     jsonb_to_record(e.totals) AS c(item_type text, up bigint, down bigint, trend float8)
 ON CONFLICT (day, item_id) DO UPDATE SET
-    up = d.up + excluded.up, down = d.down + excluded.down, net = d.net + excluded.net
+    up = d.up + excluded.up, down = d.down + excluded.down, net = d.net + excluded.net,
+    trend = d.trend + excluded.trend
 """,
     "copy_items": """
 COPY {schema}.items (item_id, item_type, title, listed_at, up, down, net, wilson, trend,
                      first_vote_at, last_vote_at, independent, owners) FROM STDIN
 """,
-    "copy_daily": "COPY {schema}.daily (day, item_id, item_type, up, down, net) FROM STDIN",
+    "copy_daily": "COPY {schema}.daily (day, item_id, item_type, up, down, net, trend) FROM STDIN",
     "set_checkpoint": """
 UPDATE {schema}.checkpoint
 SET tx_id = %s::text::xid8, position = %s, watermark = %s, trend_epoch = %s, events_applied = %s,
@@ -112,7 +113,7 @@ SELECT item_id, item_type, title, listed_at, up, down, net, wilson, trend, first
        last_vote_at, independent, owners
 FROM {schema}.items
 """,
-    "dump_daily": "SELECT day, item_id, item_type, up, down, net FROM {schema}.daily",
+    "dump_daily": "SELECT day, item_id, item_type, up, down, net, trend FROM {schema}.daily",
 }
 
 
@@ -210,7 +211,7 @@ class PostgresStore:
                     await copy.write_row((*_item_row(item_id, t), *scores.get(item_id, (0, 0))))
             async with self.conn.cursor().copy(q["copy_daily"]) as copy:
                 for (day, item_id), d in model.days.items():
-                    await copy.write_row((day, item_id, d.item_type, d.up, d.down, d.net))
+                    await copy.write_row((day, item_id, d.item_type, d.up, d.down, d.net, d.trend))
             await independent_pg.write(self.conn, generation, model)
             await self.conn.execute(q["set_checkpoint"], _checkpoint_row(state))
 
@@ -296,8 +297,8 @@ def _read_item(model: Changes, row: tuple[Any, ...]) -> list[Difference]:
 
 
 def _read_day(model: Changes, row: tuple[Any, ...]) -> list[Difference]:
-    day, item_id, item_type, up, down, net = row
-    totals = model.days[(day, item_id)] = DayTotals(item_type, up, down)
+    day, item_id, item_type, up, down, net, trend = row
+    totals = model.days[(day, item_id)] = DayTotals(item_type, up, down, trend)
     if net != totals.net:
         return [Difference("postgres", f"daily {day} {item_id}", "net", totals.net, net)]
     return []

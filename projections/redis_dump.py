@@ -36,7 +36,8 @@ class DumpedItem(msgspec.Struct, frozen=True):
 class DumpedDay(msgspec.Struct, frozen=True):
     day: str
     item_type: str
-    scores: list[str]  # member, score, member, score, ...
+    scores: list[str] = []  # member, score, member, score, ...
+    trends: list[str] = []  # the same for the day's trending weights
 
 
 class DumpReply(msgspec.Struct, frozen=True):

@@ -10,6 +10,10 @@ script may touch any of them and Redis Cluster keeps them in one slot. One gener
   {p}:gN:conf:<type>           zset: Wilson lower bound
   {p}:gN:trend:<type>          zset: trending sum relative to the epoch
   {p}:gN:daily:<type>:<date>   zset: net gained that UTC day (expires after the kept days)
+  {p}:gN:daily:<type>:<date>:trend  zset: the day's trending weights relative to the end of
+                               the day (projections.model.day_reference; expires with the day);
+                               the item hash's `first_day` is its first vote's UTC day, and the
+                               meta field `day_trend` says the generation kept them from the start
   {p}:gN:changes               stream (capped) and pub/sub channel of change notices
   {p}:gN:pending               hash: changed items waiting for the watermark to move
   (and the independent chart's keys: projections.independent_redis)
@@ -86,6 +90,7 @@ class ItemChange(msgspec.Struct, frozen=True, omit_defaults=True):
     trend: str  # repr of a double: Lua would print it with 14 digits
     title: str | None = None  # only when the batch listed the item
     owners: list[OwnerChange] = []  # what the batch adds per owner of the item's voters
+    first_day: str | None = None  # the UTC day of the batch's first vote on the item
 
 
 class DayChange(msgspec.Struct, frozen=True):
@@ -94,6 +99,7 @@ class DayChange(msgspec.Struct, frozen=True):
     item_id: str
     net: int
     expire_at: int
+    trend: str = "0.0"  # repr of the day's trending weights (projections.model.DayTotals)
 
 
 class ApplyArgs(msgspec.Struct, frozen=True):
@@ -126,6 +132,7 @@ class ApplyResult(msgspec.Struct, frozen=True):
 
 _apply_result = msgspec.json.Decoder(ApplyResult)
 _ITEM_TYPES: list[str] = list(get_args(ItemType))
+_DAY_TREND = "day_trend"  # meta: the generation has kept per-day trending sums from its start
 
 
 def _daily_expiry(day: date, retention_days: int) -> int:
@@ -198,13 +205,19 @@ class RedisStore:
         await generations.claim_redis(self.client, self.prefix, generation)
         state = await self.checkpoint(generation)
         meta = meta_key(self.prefix, generation)
-        if state is not None and not await independent_redis.outdated(self.client, meta):
-            return state
+        why = "missing"
+        if state is not None:
+            if await independent_redis.outdated(self.client, meta):
+                why = "without the independent chart"
+            elif not await self.client.hexists(meta, _DAY_TREND):
+                why = "without per-day trending sums"
+            else:
+                return state
         # No checkpoint means Redis lost this generation (flushed, or restarted without
         # persistence): rebuild it from the start of the ledger, never from "now". So is one
-        # made before the independent chart, once (projections.independent_redis).
+        # made before the independent chart (projections.independent_redis) or the per-day
+        # trending sums, once.
         await self.drop(generation)
-        why = "missing" if state is None else "without the independent chart"
         log.warning("redis read models of generation %d %s: rebuilding", generation, why)
         return State()
 
@@ -245,7 +258,16 @@ class RedisStore:
             live=step.caught_up,
             item_types=_ITEM_TYPES,
             items=[
-                ItemChange(i, t.item_type, t.up, t.down, repr(t.trend), t.title, owners.get(i, []))
+                ItemChange(
+                    i,
+                    t.item_type,
+                    t.up,
+                    t.down,
+                    repr(t.trend),
+                    t.title,
+                    owners.get(i, []),
+                    first_day=_first_day(t.first_vote_at),
+                )
                 for i, t in changes.items.items()
             ],
             days=self._day_changes(changes),
@@ -256,7 +278,9 @@ class RedisStore:
         oldest_kept = today - timedelta(days=self.retention_days)
         newest_kept = today + timedelta(days=1)
         return [
-            DayChange(day.isoformat(), t.item_type, item_id, t.net, self._expiry(day))
+            DayChange(
+                day.isoformat(), t.item_type, item_id, t.net, self._expiry(day), repr(t.trend)
+            )
             for (day, item_id), t in changes.days.items()
             # Redis keeps only the recent days (not a day of an event dated in the future, which
             # no reader asks for); PostgreSQL keeps them all.
@@ -286,6 +310,8 @@ class RedisStore:
             fields["net"] = t.net
             if t.title is not None:
                 fields["title"] = t.title
+            if t.first_vote_at is not None:
+                fields["first_day"] = t.first_vote_at.astimezone(UTC).date().isoformat()
             yield pipe.hset(f"{ns}:item:{item_id}", mapping=fields)  # type: ignore[arg-type]
             yield pipe.zadd(f"{ns}:top:{t.item_type}", {item_id: t.net})
             yield pipe.zadd(f"{ns}:conf:{t.item_type}", {item_id: t.wilson})
@@ -294,6 +320,9 @@ class RedisStore:
             key = f"{ns}:daily:{day.item_type}:{day.day}"
             yield pipe.zadd(key, {day.item_id: day.net})
             yield pipe.expireat(key, day.expire_at)
+            trend_key = f"{key}:trend"
+            yield pipe.zadd(trend_key, {day.item_id: float(day.trend)})
+            yield pipe.expireat(trend_key, day.expire_at)
         yield from independent_redis.queue_writes(pipe, ns, model)
         yield pipe.hset(f"{ns}:meta", mapping=_meta(state))  # type: ignore[arg-type]
 
@@ -311,6 +340,9 @@ class RedisStore:
             for member, score in zip(day.scores[::2], day.scores[1::2], strict=True):
                 totals = DayTotals(day.item_type, int(float(score)), 0)
                 model.days[(date.fromisoformat(day.day), member)] = totals
+            for member, trend in zip(day.trends[::2], day.trends[1::2], strict=True):
+                key = (date.fromisoformat(day.day), member)
+                model.days.setdefault(key, DayTotals(day.item_type)).trend = float(trend)
         oldest = today - timedelta(days=self.retention_days)
         tomorrow = today + timedelta(days=1)
         coverage = Coverage(oldest, tomorrow, daily_net_only=True, item_times=False)
@@ -350,7 +382,12 @@ def _meta(state: State) -> dict[str, str | int]:
     meta["epoch"] = repr(state.epoch) if state.epoch is not None else ""
     meta["events_applied"] = state.events_applied
     meta["head"], meta[independent_redis.MARKER] = state.head, 1
+    meta[_DAY_TREND] = 1
     return meta
+
+
+def _first_day(at: datetime | None) -> str | None:
+    return at.astimezone(UTC).date().isoformat() if at is not None else None
 
 
 def _meta_state(meta: dict[str, str], epoch: float | None) -> State:

@@ -29,7 +29,7 @@ elseif args.sort == 'trending' then
     local days = {}
     for _, day in ipairs(args.days) do
         local net = redis.call('ZSCORE', ns .. ':daily:' .. t .. ':' .. day, id)
-        local trend = redis.call('ZSCORE', ns .. ':dtrend:' .. t .. ':' .. day, id)
+        local trend = redis.call('ZSCORE', ns .. ':daily:' .. t .. ':' .. day .. ':trend', id)
         if net or trend then
             days[#days + 1] = {day = day, net = net or '0', trend = trend or '0'}
         end

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from infra.openapi import json_response
 from infra.problems import Problem
-from projections.model import WILSON_Z, decayed, sign, wilson_lower_bound
+from projections.model import WILSON_Z, day_reference, decayed, sign, wilson_lower_bound
 from queries.explain_shapes import OwnerRow, Stored
 from queries.routes import _POSITION_ERRORS, Asked, ItemId, Side
 from queries.side import NOTHING, Produced, ReadSide
@@ -153,11 +153,6 @@ def _trending(
         at=at,
         half_life=half_life,
     )
-
-
-def day_reference(day: date) -> float:
-    """The end of a UTC day (Unix seconds): what its stored trending sum is relative to."""
-    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() + 86400.0
 
 
 def _factor(reference: float, at: float, half_life: float) -> float:

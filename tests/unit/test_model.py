@@ -35,6 +35,7 @@ from projections.model import (
     Changes,
     OwnerTotals,
     choose_epoch,
+    day_reference,
     decayed,
     fold,
     fold_all,
@@ -211,6 +212,16 @@ def test_any_split_into_batches_gives_the_one_fold_model(
     assert {k: (d.item_type, d.up, d.down) for k, d in batched.days.items()} == {
         k: (d.item_type, d.up, d.down) for k, d in whole.days.items()
     }
+    # Per-day trending sums: the same whatever the split, and decayed from the end of each day
+    # they add up to the item's trending score.
+    by_item: dict[str, float] = {}
+    for key, day in whole.days.items():
+        assert close(batched.days[key].trend, day.trend), key
+        part = decayed(day.trend, day_reference(key[0]), at, H)
+        by_item[key[1]] = by_item.get(key[1], 0.0) + part
+    for item_id, one in whole.items.items():
+        assert whole.epoch is not None
+        assert close(by_item.get(item_id, 0.0), decayed(one.trend, whole.epoch, at, H)), item_id
     assert nonzero(batched.owners) == nonzero(whole.owners)
     assert applied_standings(chunks) == direct_standings(stream)
     settled = settle(whole).items
