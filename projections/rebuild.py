@@ -70,11 +70,11 @@ class Folded:
 
 
 async def _fold_ledger(
-    conn: psycopg.AsyncConnection, half_life: float, progress: Progress
+    conn: psycopg.AsyncConnection, half_life: float, progress: Progress, spool: Spool
 ) -> Folded:
-    """Everything the gap-safe reader can see now, folded in memory."""
+    """Everything the gap-safe reader can see now, folded in memory (closed days into `spool`)."""
     progress.phase("folding the ledger", total=await store.head(conn))
-    tracker, checkpoint, count, spool = Watermark(), Checkpoint(), 0, Spool()
+    tracker, checkpoint, count = Watermark(), Checkpoint(), 0
     days = snapshots.DayFold(half_life, spool.add, Changes())  # closes days on the way
     while True:
         try:
@@ -173,7 +173,9 @@ async def rebuild(
 
         await stack.enter_async_context(_rebuild_lock(await connect(stack, url)))
         started = time.perf_counter()
-        folded = await _fold_ledger(await reader(), half_life, progress)
+        spool = Spool()
+        stack.callback(spool.rows.close)  # whatever happens, and when no PostgreSQL store uses it
+        folded = await _fold_ledger(await reader(), half_life, progress, spool)
         jobs = []
         for name in projections:
             target, own_reader = await open_store(name, settings, stack, url), await reader()
