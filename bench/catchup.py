@@ -19,9 +19,11 @@ from projections.redis_store import meta_key
 from projections.runner import run_worker
 
 RESET = """
-TRUNCATE rm_g1.items, rm_g1.daily;
+TRUNCATE rm_g1.items, rm_g1.daily, rm_g1.item_owners, rm_g1.snapshot_rows, rm_g1.snapshot_days;
+UPDATE rm_g1.snapshot_clock SET open_day = NULL;
 UPDATE rm_g1.checkpoint SET tx_id = '0', position = 0, watermark = 0, fence = 0,
-    trend_epoch = NULL, events_applied = 0, last_event_at = NULL;
+    trend_epoch = NULL, events_applied = 0, last_event_at = NULL, ledger_head = 0,
+    independent_ready = true;
 DELETE FROM projection_leases;
 """
 

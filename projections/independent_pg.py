@@ -3,7 +3,8 @@
 Each generation keeps the additive per-(item, owner) totals in `item_owners`, and on `items` the
 two values they give, `independent` (the sum of the owners' signs) and `owners` (how many vote).
 A batch adds its totals and moves each item's two values by what its touched (item, owner) rows
-changed, in one statement, inside the store's apply transaction.
+changed, in the statement that adds its item totals (`MOVED`), inside the store's apply
+transaction.
 
 `checkpoint.independent_ready` says the generation holds them up to its checkpoint. One made
 before the independent chart existed has the columns but no data: `fill` folds the ledger up to
@@ -29,33 +30,33 @@ from projections.readmodel import Difference
 
 log = logging.getLogger("voteledger.projections")
 
-_TEXT = {
-    # `old` and `new` see the same snapshot: `old` the totals before this statement's insert,
-    # `new` (RETURNING) after it; each (item, owner) comes once from the fold.
-    "apply": """
-WITH d AS (
+# The CTEs that add a batch's per-(item, owner) totals (`owner_delta`, one row each from the
+# fold) and give each touched item what they move its independent score and owner count by
+# (`moved`). An (item, owner)'s totals before the batch are its totals after it (RETURNING)
+# less the batch's: no second look-up of the table. The items' upsert
+# (projections.postgres_store) joins `moved`, so a batch writes each item row once: its scores
+# are indexed columns, and a second update would add a second row version and index entries.
+MOVED = """
+owner_delta AS (
     SELECT o.item_id COLLATE "C" AS item_id, o.owner COLLATE "C" AS owner, o.value, o.active
-    FROM jsonb_to_recordset(%s::jsonb) AS o(item_id text, owner text, value bigint, active bigint)
-), old AS (
-    SELECT d.item_id, d.owner, coalesce(t.value, 0) AS value, coalesce(t.active, 0) AS active
-    FROM d LEFT JOIN {schema}.item_owners t ON t.item_id = d.item_id AND t.owner = d.owner
-), new AS (
+    FROM jsonb_to_recordset(%(owners)s::jsonb)
+         AS o(item_id text, owner text, value bigint, active bigint)
+), owner_new AS (
     INSERT INTO {schema}.item_owners AS t (item_id, owner, value, active)
-    SELECT item_id, owner, value, active FROM d
+    SELECT item_id, owner, value, active FROM owner_delta
     ON CONFLICT (item_id, owner) DO UPDATE
     SET value = t.value + excluded.value, active = t.active + excluded.active
     RETURNING t.item_id, t.owner, t.value, t.active
+), moved AS (
+    SELECT n.item_id,
+           sum(sign(n.value) - sign(n.value - d.value))::bigint AS score,
+           sum((n.active > 0)::int - (n.active - d.active > 0)::int)::bigint AS count
+    FROM owner_new AS n JOIN owner_delta AS d ON d.item_id = n.item_id AND d.owner = n.owner
+    GROUP BY n.item_id
 )
-UPDATE {schema}.items AS i
-SET independent = i.independent + s.score, owners = i.owners + s.count
-FROM (
-    SELECT new.item_id, sum(sign(new.value) - sign(old.value))::bigint AS score,
-           sum((new.active > 0)::int - (old.active > 0)::int)::bigint AS count
-    FROM new JOIN old ON old.item_id = new.item_id AND old.owner = new.owner
-    GROUP BY new.item_id
-) AS s
-WHERE i.item_id = s.item_id AND (s.score <> 0 OR s.count <> 0)
-""",
+"""
+
+_TEXT = {
     "copy": "COPY {schema}.item_owners (item_id, owner, value, active) FROM STDIN",
     "dump": "SELECT item_id, owner, value, active FROM {schema}.item_owners",
     "ready": "SELECT independent_ready FROM {schema}.checkpoint WHERE projection = 'postgres'",
@@ -93,19 +94,13 @@ def statements(generation: int) -> dict[str, sql.Composed]:
 _encoder = msgspec.json.Encoder()
 
 
-def _owner_rows(owners: dict[tuple[str, str], OwnerTotals]) -> str:
+def owner_rows(owners: dict[tuple[str, str], OwnerTotals]) -> str:
+    """A batch's per-(item, owner) totals as MOVED's `owners` parameter."""
     rows = [
         {"item_id": item_id, "owner": owner, "value": t.value, "active": t.active}
         for (item_id, owner), t in owners.items()
     ]
     return _encoder.encode(rows).decode()
-
-
-async def apply(conn: psycopg.AsyncConnection, generation: int, changes: Changes) -> None:
-    """Add a batch's per-(item, owner) totals (inside the caller's transaction, after the
-    items' upsert, so every touched item has its row)."""
-    if changes.owners:
-        await conn.execute(statements(generation)["apply"], (_owner_rows(changes.owners),))
 
 
 async def write(conn: psycopg.AsyncConnection, generation: int, model: Changes) -> None:
@@ -153,7 +148,7 @@ async def fill(conn: psycopg.AsyncConnection, generation: int) -> bool:
             return False
         owners = await owner_fold(conn, Checkpoint(int(tx_id), position))
         if owners:
-            await conn.execute(q["set_owners"], (_owner_rows(owners),))
+            await conn.execute(q["set_owners"], (owner_rows(owners),))
         scores = [
             {"item_id": item_id, "independent": score, "owners": count}
             for item_id, (score, count) in standings(owners).items()

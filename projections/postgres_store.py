@@ -65,15 +65,20 @@ UPDATE {schema}.items
 SET trend = CASE WHEN abs(trend) >= %(keep)s THEN trend * %(factor)s ELSE 0 END
 WHERE trend <> 0
 """,
-    "items": """
+    # With the per-(item, owner) totals (projections.independent_pg.MOVED): one write per item.
+    "items": "WITH"
+    + independent_pg.MOVED
+    + """
 INSERT INTO {schema}.items AS i (item_id, item_type, title, listed_at, up, down, net, wilson,
-                                 trend, first_vote_at, last_vote_at)
+                                 trend, first_vote_at, last_vote_at, independent, owners)
 SELECT e.item_id, c.item_type, coalesce(c.title, ''), c.listed_at, c.up, c.down, c.up - c.down,
-       wilson_lower_bound(c.up, c.down), c.trend, c.first_vote_at, c.last_vote_at
-FROM jsonb_each(%s::jsonb) AS e(item_id, totals),
-     jsonb_to_record(e.totals) AS c(item_type text, title text, listed_at timestamptz, up bigint,
-                                    down bigint, trend float8, first_vote_at timestamptz,
-                                    last_vote_at timestamptz)
+       wilson_lower_bound(c.up, c.down), c.trend, c.first_vote_at, c.last_vote_at,
+       coalesce(m.score, 0), coalesce(m.count, 0)
+FROM jsonb_each(%(items)s::jsonb) AS e(item_id, totals)
+     CROSS JOIN LATERAL jsonb_to_record(e.totals)
+         AS c(item_type text, title text, listed_at timestamptz, up bigint, down bigint,
+              trend float8, first_vote_at timestamptz, last_vote_at timestamptz)
+     LEFT JOIN moved AS m ON m.item_id = e.item_id COLLATE "C"
 ON CONFLICT (item_id) DO UPDATE SET
     item_type = excluded.item_type,
     title = CASE WHEN excluded.listed_at IS NULL THEN i.title ELSE excluded.title END,
@@ -84,7 +89,9 @@ ON CONFLICT (item_id) DO UPDATE SET
     wilson = wilson_lower_bound(i.up + excluded.up, i.down + excluded.down),
     trend = i.trend + excluded.trend,
     first_vote_at = least(i.first_vote_at, excluded.first_vote_at),
-    last_vote_at = greatest(i.last_vote_at, excluded.last_vote_at)
+    last_vote_at = greatest(i.last_vote_at, excluded.last_vote_at),
+    independent = i.independent + excluded.independent,
+    owners = i.owners + excluded.owners
 """,
     "days": """
 INSERT INTO {schema}.daily AS d (day, item_id, item_type, up, down, net, trend)
@@ -193,8 +200,8 @@ class PostgresStore:
             rescale = {"factor": factor, "keep": keep_above(factor)}
             await self.conn.execute(q["rescale"], rescale)
         if changes.items:
-            await self.conn.execute(q["items"], (_json(changes.items),))
-            await independent_pg.apply(self.conn, generation, changes)
+            owners = independent_pg.owner_rows(changes.owners)
+            await self.conn.execute(q["items"], {"items": _json(changes.items), "owners": owners})
         if changes.days:
             await self.conn.execute(q["days"], (_json(_by_day(changes)),))
         return epoch
