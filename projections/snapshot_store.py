@@ -154,9 +154,9 @@ async def close_days(
 
 async def write_closed(conn: psycopg.AsyncConnection, generation: int, closed: Closed) -> None:
     q = statements(generation)
-    async with conn.cursor().copy(q["copy_rows"]) as copy:
-        for r in closed.rows:
-            await copy.write_row((r.day, r.chart, r.item_type, r.rank, r.item_id, r.score))
+    if text := closed.copy_text():  # none when the rows were written in bulk (Spool)
+        async with conn.cursor().copy(q["copy_rows"]) as copy:
+            await copy.write(text)
     c = closed.checkpoint
     params = (closed.day, closed.digest, closed.previous, c.position, str(c.tx_id))
     await conn.execute(q["add_day"], params)
@@ -175,9 +175,7 @@ class Spool:
     open_day: date | None = None
 
     def add(self, closed: Closed) -> None:
-        for r in closed.rows:
-            self.rows.write(f"{r.day}\t{r.chart}\t{r.item_type}\t{r.rank}\t{r.item_id}\t")
-            self.rows.write(f"{r.score!r}\n")
+        self.rows.write(closed.copy_text())
         self.days.append(Closed(closed.day, [], closed.digest, closed.previous, closed.checkpoint))
 
     async def write(self, conn: psycopg.AsyncConnection, generation: int) -> None:

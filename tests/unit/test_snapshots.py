@@ -93,6 +93,21 @@ def test_the_digest_covers_every_field_and_the_previous_link() -> None:
     assert Checkpoint() == Checkpoint(0, 0)
 
 
+def test_a_closed_days_digest_and_copy_text_are_those_of_its_rows() -> None:
+    """A close hashes its rankings in place (no sort): the same digest as its rows in any
+    order; its COPY text is its rows, an id with COPY's special characters escaped."""
+    day = date(2026, 1, 1)
+    listed = [
+        snapshots.Standing(f"song-{n}", "song", n % 7, n % 3, n * 1e3 - 2e4, n % 5 - 2)
+        for n in range(40)
+    ] + [snapshots.Standing("tool-\\x\ty", "tool", 2, 1, 0.5, 1)]
+    closed = snapshots.close(day, listed, 0.0, 3600.0, "before", Checkpoint(3, 9))
+    assert closed.digest == snapshots.digest(day, list(reversed(closed.rows)), "before")
+    lines = closed.copy_text().splitlines()
+    assert len(lines) == len(closed.rows) == 4 * len(listed)
+    assert "2026-01-01\tnet\ttool\t1\ttool-\\\\x\\ty\t1" in lines
+
+
 def test_a_clock_jump_closes_at_most_a_month_of_days() -> None:
     """An event years after the open day closes the open day and the days just before its own;
     an event on or before the open day closes none (also at the ends of the calendar)."""
