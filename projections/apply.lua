@@ -62,15 +62,35 @@ local function sign(x)
     return 0
 end
 
--- Adds a batch's per-owner totals of one item ([owner, value, active] each); returns what they
--- change in the item's independent score (the sum of the owners' signs) and its owner count.
+-- Adds a batch's per-owner totals of one item ([owner, value, active] each, each owner once);
+-- returns what they change in the item's independent score (the sum of the owners' signs) and
+-- its owner count. Two calls per chunk of owners (HMGET, HSET), not two per owner; chunks keep
+-- unpack() within Lua's stack.
+local OWNER_CHUNK = 256
 local function add_owners(own, owners)
     local score, count = 0, 0
-    for _, o in ipairs(owners) do
-        local value = redis.call('HINCRBY', own, 'v:' .. o[1], o[2])
-        local active = redis.call('HINCRBY', own, 'a:' .. o[1], o[3])
-        score = score + sign(value) - sign(value - o[2])
-        count = count + (active > 0 and 1 or 0) - (active - o[3] > 0 and 1 or 0)
+    for first = 1, #owners, OWNER_CHUNK do
+        local last = math.min(first + OWNER_CHUNK - 1, #owners)
+        local fields = {}
+        for i = first, last do
+            local owner = owners[i][1]
+            fields[#fields + 1] = 'v:' .. owner
+            fields[#fields + 1] = 'a:' .. owner
+        end
+        local old = redis.call('HMGET', own, unpack(fields))
+        local set = {}
+        for i = first, last do
+            local o, n = owners[i], 2 * (i - first)
+            local was_value, was_active = tonumber(old[n + 1] or 0), tonumber(old[n + 2] or 0)
+            local value, active = was_value + o[2], was_active + o[3]
+            score = score + sign(value) - sign(was_value)
+            count = count + (active > 0 and 1 or 0) - (was_active > 0 and 1 or 0)
+            set[#set + 1] = fields[n + 1]
+            set[#set + 1] = value
+            set[#set + 1] = fields[n + 2]
+            set[#set + 1] = active
+        end
+        redis.call('HSET', own, unpack(set))
     end
     return score, count
 end
@@ -101,10 +121,11 @@ for _, it in ipairs(a.items) do
     local up = redis.call('HINCRBY', key, 'up', it.up)
     local down = redis.call('HINCRBY', key, 'down', it.down)
     local net = up - down
+    local added
     if it.title then
-        redis.call('HSET', key, 'item_type', item_type, 'net', net, 'title', it.title)
+        added = redis.call('HSET', key, 'item_type', item_type, 'net', net, 'title', it.title)
     else
-        redis.call('HSET', key, 'item_type', item_type, 'net', net)
+        added = redis.call('HSET', key, 'item_type', item_type, 'net', net)
     end
     -- The first vote's UTC day: an item voted on before the days Redis keeps is explained from
     -- PostgreSQL (queries/explain.lua). ISO dates of one width compare as strings.
@@ -119,20 +140,29 @@ for _, it in ipairs(a.items) do
     local trend = redis.call('ZINCRBY', ns .. ':trend:' .. item_type, it.trend, id)
     local score, count = 0, 0
     if it.owners then score, count = add_owners(ns .. ':own:' .. id, it.owners) end
-    local independent = redis.call('HINCRBY', key, 'independent', score)
-    redis.call('HINCRBY', key, 'owners', count)
-    redis.call('ZADD', ns .. ':indep:' .. item_type, independent, id)
+    -- Most batches move few items' independent scores: a known item whose owners' signs and
+    -- count stand keeps its values (a new one gets them, and its place on the chart).
+    if score ~= 0 or count ~= 0 or added > 0 then
+        local independent = redis.call('HINCRBY', key, 'independent', score)
+        redis.call('HINCRBY', key, 'owners', count)
+        redis.call('ZADD', ns .. ':indep:' .. item_type, independent, id)
+    end
     changed[#changed + 1] = {item_id = id, item_type = item_type, up = up, down = down, net = net,
                              trend = trend}
 end
 
+-- A day's lists expire with the day (one time per key): set once per key, not per item.
+local expiring = {}
 for _, d in ipairs(a.days) do
     local key = ns .. ':daily:' .. d.item_type .. ':' .. d.day
     redis.call('ZINCRBY', key, d.net, d.item_id)
-    redis.call('EXPIREAT', key, d.expire_at)
-    local trend = ns .. ':daily:' .. d.item_type .. ':' .. d.day .. ':trend'
+    local trend = key .. ':trend'
     redis.call('ZINCRBY', trend, d.trend, d.item_id)
-    redis.call('EXPIREAT', trend, d.expire_at)
+    if not expiring[key] then
+        expiring[key] = true
+        redis.call('EXPIREAT', key, d.expire_at)
+        redis.call('EXPIREAT', trend, d.expire_at)
+    end
 end
 
 -- `head`: the ledger head as the worker last saw it, so readers can refuse positions beyond it.
@@ -159,8 +189,13 @@ redis.call('HINCRBY', meta, 'events_applied', a.events)
 -- watermark moves: every notice then has its own, increasing position. Each item is the JSON of
 -- projections.redis_store.ChangedItem.
 local pending = ns .. ':pending'
-for _, row in ipairs(changed) do
-    redis.call('HSET', pending, row.item_id, cjson.encode(row))
+for first = 1, #changed, OWNER_CHUNK do  -- one HSET per chunk of items, not one per item
+    local set = {}
+    for i = first, math.min(first + OWNER_CHUNK - 1, #changed) do
+        set[#set + 1] = changed[i].item_id
+        set[#set + 1] = cjson.encode(changed[i])
+    end
+    redis.call('HSET', pending, unpack(set))
 end
 local streamed = tonumber(redis.call('HGET', meta, 'streamed') or '-1')
 local position = tonumber(a.watermark)
