@@ -5,7 +5,10 @@ of a catch-up's CPU. The first to read a catch-up batch (a full one: more follow
 here, with the folds made of it; the other, arriving at the same checkpoint, takes it instead of
 reading. The one ahead waits for the other (at most `patience`) rather than keep more than
 `depth` batches; when the other does not come (it stands at another checkpoint, lost its lease,
-or its store is down), sharing pauses for a while and each reads alone.
+or its store is down), sharing pauses for a while and each reads alone. The patience outlasts a
+slow store's batch (the PostgreSQL read models may take over a second for a catch-up batch that
+closes a day): the one ahead waiting costs nothing, as the worker is done when the slower is,
+while reading alone would decode and fold every batch twice in the one process.
 
 A read that meets an event it cannot decode raises `Undecodable` for it (the batch before it is
 cut short, so everything before it is applied); the other projection gets the same error.
@@ -45,7 +48,7 @@ class Read:
 
 class SharedReads:
     def __init__(
-        self, share: bool, *, depth: int = 4, patience: float = 1.0, pause: float = 30.0
+        self, share: bool, *, depth: int = 4, patience: float = 5.0, pause: float = 30.0
     ) -> None:
         self.share = share
         self.depth = depth
