@@ -55,16 +55,38 @@ async def outdated(client: aioredis.Redis, meta_key: str) -> bool:
 
 def queue_writes(pipe: Pipeline, ns: str, model: Changes) -> Iterator[object]:
     """Queue a whole model's independent data on `pipe` (a rebuild's bulk write), one command a
-    step, the same keys and values apply.lua gives."""
+    step, the same keys and values apply.lua gives: each item's owners in one HSET, the sorted
+    sets in commands of many members."""
     scores = standings(model.owners)
+    charts: dict[str, dict[str, float]] = {}
     for item_id, t in model.items.items():
         independent, count = scores.get(item_id, (0, 0))
         fields = {"independent": independent, "owners": count}
         yield pipe.hset(f"{ns}:item:{item_id}", mapping=fields)  # type: ignore[arg-type]
-        yield pipe.zadd(f"{ns}:indep:{t.item_type}", {item_id: independent})
+        charts.setdefault(f"{ns}:indep:{t.item_type}", {})[item_id] = independent
+    for key, members in charts.items():
+        yield from queue_zadd(pipe, key, members)
+    owned: dict[str, dict[str, int]] = {}
     for (item_id, owner), o in model.owners.items():
-        fields = {f"v:{owner}": o.value, f"a:{owner}": o.active}
-        yield pipe.hset(f"{ns}:own:{item_id}", mapping=fields)  # type: ignore[arg-type]
+        mine = owned.setdefault(item_id, {})
+        mine[f"v:{owner}"], mine[f"a:{owner}"] = o.value, o.active
+    for item_id, mine in owned.items():
+        yield pipe.hset(f"{ns}:own:{item_id}", mapping=mine)  # type: ignore[arg-type]
+
+
+_ZADD_CHUNK = 1000  # members per ZADD of a bulk write
+
+
+def queue_zadd(pipe: Pipeline, key: str, members: dict[str, float]) -> Iterator[object]:
+    """ZADD `members` to `key` in commands of at most _ZADD_CHUNK members, one a step."""
+    chunk: dict[str, float] = {}
+    for member, score in members.items():
+        chunk[member] = score
+        if len(chunk) >= _ZADD_CHUNK:
+            yield pipe.zadd(key, chunk)
+            chunk = {}
+    if chunk:
+        yield pipe.zadd(key, chunk)
 
 
 def read_item(

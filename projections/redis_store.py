@@ -304,7 +304,10 @@ class RedisStore:
     def _queue_writes(
         self, pipe: Pipeline, ns: str, model: Changes, state: State
     ) -> Iterator[object]:
-        """Queue the writes on `pipe`, one command a step."""
+        """Queue the writes on `pipe`, one command a step: a hash per item, and each sorted set
+        in commands of many members."""
+        zsets: dict[str, dict[str, float]] = {}
+        expiry: dict[str, int] = {}
         for item_id, t in model.items.items():
             fields: dict[str, str | int] = {"item_type": t.item_type, "up": t.up, "down": t.down}
             fields["net"] = t.net
@@ -313,16 +316,18 @@ class RedisStore:
             if t.first_vote_at is not None:
                 fields["first_day"] = t.first_vote_at.astimezone(UTC).date().isoformat()
             yield pipe.hset(f"{ns}:item:{item_id}", mapping=fields)  # type: ignore[arg-type]
-            yield pipe.zadd(f"{ns}:top:{t.item_type}", {item_id: t.net})
-            yield pipe.zadd(f"{ns}:conf:{t.item_type}", {item_id: t.wilson})
-            yield pipe.zadd(f"{ns}:trend:{t.item_type}", {item_id: t.trend})
+            zsets.setdefault(f"{ns}:top:{t.item_type}", {})[item_id] = t.net
+            zsets.setdefault(f"{ns}:conf:{t.item_type}", {})[item_id] = t.wilson
+            zsets.setdefault(f"{ns}:trend:{t.item_type}", {})[item_id] = t.trend
         for day in self._day_changes(model):
             key = f"{ns}:daily:{day.item_type}:{day.day}"
-            yield pipe.zadd(key, {day.item_id: day.net})
-            yield pipe.expireat(key, day.expire_at)
-            trend_key = f"{key}:trend"
-            yield pipe.zadd(trend_key, {day.item_id: float(day.trend)})
-            yield pipe.expireat(trend_key, day.expire_at)
+            zsets.setdefault(key, {})[day.item_id] = day.net
+            zsets.setdefault(f"{key}:trend", {})[day.item_id] = float(day.trend)
+            expiry[key] = expiry[f"{key}:trend"] = day.expire_at
+        for key, members in zsets.items():
+            yield from independent_redis.queue_zadd(pipe, key, members)
+            if key in expiry:
+                yield pipe.expireat(key, expiry[key])
         yield from independent_redis.queue_writes(pipe, ns, model)
         yield pipe.hset(f"{ns}:meta", mapping=_meta(state))  # type: ignore[arg-type]
 

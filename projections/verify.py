@@ -22,7 +22,7 @@ from events import store
 from events.store import Checkpoint
 from events.types import Recorded
 from projections import snapshot_verify
-from projections.model import Changes, DayTotals, OwnerTotals, decayed, fold, merge, settle
+from projections.model import Changes, DayTotals, decayed, fold, merge, settle
 from projections.readmodel import Coverage, Difference, Dump, ReadModelStore
 
 _CHUNK = 20_000
@@ -134,16 +134,14 @@ def _day_differences(
 
 def _owner_differences(store: str, expected: Changes, actual: Changes) -> Iterator[Difference]:
     """The per-(item, owner) totals; an (item, owner) with none left is the same as none."""
-    none = OwnerTotals()
-
-    def pair(key: tuple[str, str]) -> tuple[OwnerTotals, OwnerTotals]:
-        return expected.owners.get(key, none), actual.owners.get(key, none)
-
-    keys = expected.owners.keys() | actual.owners.keys()
-    for key in sorted(k for k in keys if pair(k)[0] != pair(k)[1]):
-        want, got = pair(key)
+    # As tuples: hundreds of thousands of (item, owner) pairs, compared without a call each.
+    want = {k: (t.value, t.active) for k, t in expected.owners.items() if t.value or t.active}
+    got = {k: (t.value, t.active) for k, t in actual.owners.items() if t.value or t.active}
+    if want == got:
+        return
+    for key in sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k)):
         label = f"owner {key[1]} of item {key[0]}"
-        yield Difference(store, label, "totals", (want.value, want.active), (got.value, got.active))
+        yield Difference(store, label, "totals", want.get(key, (0, 0)), got.get(key, (0, 0)))
 
 
 def to_json(differences: list[Difference]) -> list[dict[str, str]]:
