@@ -15,7 +15,22 @@ import stamina
 import voteledger_client.models as client_models
 from voteledger_client import Client, ProblemError, RetryOn, RetryPolicy, VoteResult
 from voteledger_client.core import parse_as, parse_rate_limit, problem_error
-from voteledger_client.models import Agent, Detail, Entry, Item, Page, Problem
+from voteledger_client.models import (
+    Agent,
+    ChartDigest,
+    Component,
+    DailySeries,
+    DayNet,
+    Detail,
+    Entry,
+    Explanation,
+    HistoryDay,
+    Item,
+    ItemHistory,
+    Page,
+    Placing,
+    Problem,
+)
 from voteledger_client.retry import parse_retry_after, retry_wait
 
 from commands.app import create_app as command_app
@@ -72,9 +87,22 @@ BODIES: dict[type[msgspec.Struct], list[tuple[str, str, str, str]]] = {
         ("queries", "/api/v1/trending", "get", "200"),
     ],
     Detail: [("queries", "/api/v1/items/{item_id}", "get", "200")],
+    ItemHistory: [("queries", "/api/v1/items/{item_id}/history", "get", "200")],
+    ChartDigest: [("queries", "/api/v1/charts/{date}/digest", "get", "200")],
+    Explanation: [("queries", "/api/v1/items/{item_id}/explain", "get", "200")],
+    DailySeries: [("queries", "/api/v1/items/{item_id}/daily", "get", "200")],
 }
-# Checked as part of a body above (Entry: Page.items), or not a body at all.
-NOT_BODIES = {Entry, client_models.RateLimit, client_models.VoteAndRead}
+# Checked as part of a body above (Entry: Page.items, HistoryDay and Placing: ItemHistory.days,
+# Component: Explanation.components, DayNet: DailySeries.days), or not a body at all.
+NOT_BODIES = {
+    Entry,
+    HistoryDay,
+    Placing,
+    Component,
+    DayNet,
+    client_models.RateLimit,
+    client_models.VoteAndRead,
+}
 
 
 def test_every_model_is_checked() -> None:

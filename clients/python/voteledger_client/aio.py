@@ -14,10 +14,15 @@ from voteledger_client.calls import At, Calls
 from voteledger_client.core import USER_AGENT, Call, retry_hook, stamina_arguments
 from voteledger_client.models import (
     Agent,
+    ChartDigest,
+    DailySeries,
     Detail,
     Direction,
     Entry,
+    ExplainSort,
+    Explanation,
     Item,
+    ItemHistory,
     ItemType,
     Page,
     Sort,
@@ -122,12 +127,16 @@ class AsyncClient:
         limit: int | None = None,
         min_votes: int | None = None,
         cursor: str | None = None,
+        as_of: date | None = None,
         min_position: int | None = None,
         wait_ms: int | None = None,
     ) -> Page:
-        """One page of the all-time ranking (by net votes, or by confidence)."""
+        """One page of the all-time ranking (by net votes, confidence or independent votes);
+        with `as_of`, the ranking as that UTC day closed (ProblemError 404
+        `/problems/no-snapshot` for a day not closed; `min_votes` does not apply)."""
         at = At(min_position, wait_ms)
-        return await self.send(self._calls.top(item_type, sort, limit, min_votes, cursor, at))
+        call = self._calls.top(item_type, sort, limit, min_votes, cursor, at, as_of)
+        return await self.send(call)
 
     async def daily(
         self,
@@ -149,18 +158,56 @@ class AsyncClient:
         *,
         limit: int | None = None,
         cursor: str | None = None,
+        as_of: date | None = None,
         min_position: int | None = None,
         wait_ms: int | None = None,
     ) -> Page:
-        """One page of the time-decayed net votes."""
+        """One page of the time-decayed net votes; with `as_of`, as that UTC day closed."""
         at = At(min_position, wait_ms)
-        return await self.send(self._calls.trending(item_type, limit, cursor, at))
+        return await self.send(self._calls.trending(item_type, limit, cursor, at, as_of))
 
     async def item(
         self, item_id: str, *, min_position: int | None = None, wait_ms: int | None = None
     ) -> Detail:
         """One item's counts, scores and ranks."""
         return await self.send(self._calls.item(item_id, At(min_position, wait_ms)))
+
+    async def history(
+        self, item_id: str, *, start: date | None = None, end: date | None = None
+    ) -> ItemHistory:
+        """An item's rank and score on each chart as each closed UTC day from `start` to `end`
+        closed (default: the 30 days up to yesterday)."""
+        return await self.send(self._calls.history(item_id, start, end))
+
+    async def digest(self, day: date) -> ChartDigest:
+        """The hash-chain link of a closed UTC day's chart snapshot."""
+        return await self.send(self._calls.digest(day))
+
+    async def explain(
+        self,
+        item_id: str,
+        sort: ExplainSort = "net",
+        *,
+        limit: int | None = None,
+        min_position: int | None = None,
+        wait_ms: int | None = None,
+    ) -> Explanation:
+        """The components of an item's score on one chart, adding up to it; `limit`: the most
+        owners listed for `independent`."""
+        at = At(min_position, wait_ms)
+        return await self.send(self._calls.explain(item_id, sort, limit, at))
+
+    async def daily_series(
+        self,
+        item_id: str,
+        days: int = 30,
+        *,
+        min_position: int | None = None,
+        wait_ms: int | None = None,
+    ) -> DailySeries:
+        """An item's net votes on each of its last `days` UTC days (at most 90), today included."""
+        at = At(min_position, wait_ms)
+        return await self.send(self._calls.daily_series(item_id, days, at))
 
     def iter_top(
         self,
@@ -169,11 +216,13 @@ class AsyncClient:
         sort: Sort = "net",
         limit: int | None = None,
         min_votes: int | None = None,
+        as_of: date | None = None,
         min_position: int | None = None,
     ) -> AsyncIterator[Entry]:
         """Every entry of the all-time ranking, page after page (`limit` per page)."""
         at = At(min_position)
-        return self.iter_entries(self._calls.top(item_type, sort, limit, min_votes, None, at))
+        call = self._calls.top(item_type, sort, limit, min_votes, None, at, as_of)
+        return self.iter_entries(call)
 
     def iter_daily(
         self,
@@ -187,10 +236,16 @@ class AsyncClient:
         return self.iter_entries(self._calls.daily(item_type, day, limit, None, At(min_position)))
 
     def iter_trending(
-        self, item_type: ItemType, *, limit: int | None = None, min_position: int | None = None
+        self,
+        item_type: ItemType,
+        *,
+        limit: int | None = None,
+        as_of: date | None = None,
+        min_position: int | None = None,
     ) -> AsyncIterator[Entry]:
         """Every entry of the trending list, page after page."""
-        return self.iter_entries(self._calls.trending(item_type, limit, None, At(min_position)))
+        call = self._calls.trending(item_type, limit, None, At(min_position), as_of)
+        return self.iter_entries(call)
 
     async def iter_entries(self, call: Call[Page]) -> AsyncIterator[Entry]:
         """The entries of a list's pages, from `call`'s page on, following `next_cursor`."""

@@ -3,6 +3,7 @@ retried. Pure: the shells in `sync.py` and `aio.py` send them."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import date
@@ -15,9 +16,14 @@ import msgspec
 from voteledger_client.core import OPERATOR, OWN_READ, READ, VOTE, Call, parse_as
 from voteledger_client.models import (
     Agent,
+    ChartDigest,
+    DailySeries,
     Detail,
     Direction,
+    ExplainSort,
+    Explanation,
     Item,
+    ItemHistory,
     ItemType,
     Page,
     Sort,
@@ -29,6 +35,8 @@ _JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 _ACCEPT = {"Accept": "application/json"}
 _vote, _detail, _page = parse_as(VoteResult), parse_as(Detail), parse_as(Page)
 _agent, _item = parse_as(Agent), parse_as(Item)
+_history, _digest = parse_as(ItemHistory), parse_as(ChartDigest)
+_explanation, _series = parse_as(Explanation), parse_as(DailySeries)
 
 
 class Calls:
@@ -82,31 +90,58 @@ class Calls:
         min_votes: int | None,
         cursor: str | None,
         at: At,
+        as_of: date | None = None,
     ) -> Call[Page]:
+        """The live ranking, or with `as_of` the ranking as that UTC day closed."""
         params = {"sort": sort, "limit": limit, "min_votes": min_votes, "cursor": cursor}
-        return self._list("/api/v1/top", item_type, params, at)
+        return self._list("/api/v1/top", item_type, {**params, **_as_of(as_of)}, at)
 
     def daily(
         self, item_type: ItemType, day: date | None, limit: int | None, cursor: str | None, at: At
     ) -> Call[Page]:
-        params = {"date": day.isoformat() if day else None, "limit": limit, "cursor": cursor}
+        params = {"date": _day(day), "limit": limit, "cursor": cursor}
         return self._list("/api/v1/top/daily", item_type, params, at)
 
     def trending(
-        self, item_type: ItemType, limit: int | None, cursor: str | None, at: At
+        self,
+        item_type: ItemType,
+        limit: int | None,
+        cursor: str | None,
+        at: At,
+        as_of: date | None = None,
     ) -> Call[Page]:
-        return self._list("/api/v1/trending", item_type, {"limit": limit, "cursor": cursor}, at)
+        params = {"limit": limit, "cursor": cursor, **_as_of(as_of)}
+        return self._list("/api/v1/trending", item_type, params, at)
 
     def item(self, item_id: str, at: At, *, own_position: bool = False) -> Call[Detail]:
         """One item; `own_position`: the position is one this client was given by a vote."""
-        return Call(
-            "GET",
-            f"{self.query_url}/api/v1/items/{quote(item_id, safe='')}",
-            _detail,
-            OWN_READ if own_position else READ,
-            headers=_ACCEPT,
-            params=_present(at.params()),
-        )
+        call = self._get(_item_path(item_id), _detail, at.params())
+        return dataclasses.replace(call, retry_on=OWN_READ) if own_position else call
+
+    def history(self, item_id: str, start: date | None, end: date | None) -> Call[ItemHistory]:
+        """An item's places on each chart from the daily snapshots (server defaults: the 30
+        days up to yesterday)."""
+        params = {"from": _day(start), "to": _day(end)}
+        return self._get(_item_path(item_id, "/history"), _history, params)
+
+    def digest(self, day: date) -> Call[ChartDigest]:
+        return self._get(f"/api/v1/charts/{day.isoformat()}/digest", _digest, {})
+
+    def explain(
+        self, item_id: str, sort: ExplainSort, limit: int | None, at: At
+    ) -> Call[Explanation]:
+        params = {"sort": sort, "limit": limit, **at.params()}
+        return self._get(_item_path(item_id, "/explain"), _explanation, params)
+
+    def daily_series(self, item_id: str, days: int | None, at: At) -> Call[DailySeries]:
+        params = {"days": days, **at.params()}
+        return self._get(_item_path(item_id, "/daily"), _series, params)
+
+    def _get(
+        self, path: str, parse: Callable[[httpx.Response], T], params: dict[str, Any]
+    ) -> Call[T]:
+        query = _present(params)
+        return Call("GET", self.query_url + path, parse, READ, headers=_ACCEPT, params=query)
 
     def _list(self, path: str, item_type: ItemType, params: dict[str, Any], at: At) -> Call[Page]:
         query = _present({"item_type": item_type, **params, **at.params()})
@@ -122,6 +157,18 @@ class At(msgspec.Struct, frozen=True):
 
     def params(self) -> dict[str, int | None]:
         return {"min_position": self.min_position, "wait_ms": self.wait_ms}
+
+
+def _item_path(item_id: str, tail: str = "") -> str:
+    return f"/api/v1/items/{quote(item_id, safe='')}{tail}"
+
+
+def _day(day: date | None) -> str | None:
+    return day.isoformat() if day is not None else None
+
+
+def _as_of(day: date | None) -> dict[str, str | None]:
+    return {"as_of": _day(day)}
 
 
 def _present(params: dict[str, Any]) -> dict[str, str | int]:

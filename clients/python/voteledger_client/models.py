@@ -9,6 +9,7 @@ does not break an older client.
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from typing import ClassVar, Literal
 
 import msgspec
@@ -16,6 +17,8 @@ import msgspec
 ItemType = Literal["song", "tool"]
 Direction = Literal["up", "down", "none"]
 Sort = Literal["net", "confidence", "independent"]
+# The charts an item's score can be explained on: the sorts of `top`, and trending.
+ExplainSort = Literal["net", "confidence", "independent", "trending"]
 
 
 class RateLimit(msgspec.Struct, frozen=True):
@@ -121,6 +124,109 @@ class Item(msgspec.Struct, frozen=True):
     item_type: ItemType
     title: str
     position: int
+
+
+class DayNet(msgspec.Struct, frozen=True):
+    """Net votes an item gained on one UTC day."""
+
+    day: date = msgspec.field(name="date")
+    net: int
+
+
+class DailySeries(msgspec.Struct, frozen=True):
+    """An item's net votes on each of its last days, oldest first, ending today (UTC); every
+    day is listed, 0 when it had none."""
+
+    FROM_HEADERS: ClassVar[frozenset[str]] = frozenset({"read_model"})
+
+    item_id: str
+    days: list[DayNet]
+    position: int
+    read_model: str | None = None
+
+
+class Placing(msgspec.Struct, frozen=True):
+    """An item's rank and score on one chart as a day closed."""
+
+    rank: int
+    score: float
+
+
+class HistoryDay(msgspec.Struct, frozen=True):
+    """An item's place on each chart of its type as `day` closed; None: not on that chart."""
+
+    day: date = msgspec.field(name="date")
+    net: Placing | None = None
+    confidence: Placing | None = None
+    independent: Placing | None = None
+    trending: Placing | None = None
+
+
+class ItemHistory(msgspec.Struct, frozen=True):
+    """An item's places from `start` to `end` (both included), one entry per closed day that
+    placed it, oldest first. `position` is that of the latest closed day of the range (0: none)."""
+
+    item_id: str
+    start: date = msgspec.field(name="from")
+    end: date = msgspec.field(name="to")
+    days: list[HistoryDay]
+    position: int
+
+
+class ChartDigest(msgspec.Struct, frozen=True):
+    """One link of the daily snapshots' hash chain: `digest` is the SHA-256 (hex) of `previous`
+    (the day before's digest, "" for the first day) and the day's rows; `position` the last
+    ledger event applied before the day closed."""
+
+    day: date = msgspec.field(name="date")
+    digest: str
+    previous: str
+    position: int
+
+
+class Component(msgspec.Struct, frozen=True):
+    """One part of an explained score; which fields are set depends on the chart:
+
+    - net: `label` up or down, `value` (down negative); confidence: `label` up, down or z and
+      its `value`.
+    - independent: one per owner (`owner`, `agents` voting, their `sum`, its `sign`), and
+      possibly `label` rest with the `owners` left out and the `sign` they add.
+    - trending: one per UTC day (`day`, `net`, `weight`, decay `factor`, `contribution`), and
+      possibly `label` rounding with the `contribution` that closes the gap to the score."""
+
+    label: str | None = None
+    value: int | float | None = None
+    owner: str | None = None
+    agents: int | None = None
+    sum: int | None = None
+    sign: int | None = None
+    owners: int | None = None
+    day: date | None = msgspec.field(default=None, name="date")
+    net: int | None = None
+    weight: float | None = None
+    factor: float | None = None
+    contribution: float | None = None
+
+
+class Explanation(msgspec.Struct, frozen=True):
+    """Why an item has its `score` on the chart `sort` as of ledger `position`: `components`
+    that add up to it (see `Component`), `total` what they give (trending: without rounding).
+    `components_truncated`: independent owners past the limit are summed in one `rest`;
+    trending's scores are decayed to `at` (Unix seconds) with `half_life` (seconds)."""
+
+    FROM_HEADERS: ClassVar[frozenset[str]] = frozenset({"read_model"})
+
+    item_id: str
+    sort: str
+    position: int
+    score: int | float
+    total: int | float
+    formula: str
+    components: list[Component]
+    components_truncated: bool = False
+    at: float | None = None
+    half_life: float | None = None
+    read_model: str | None = None
 
 
 class Problem(msgspec.Struct, frozen=True):
