@@ -304,8 +304,7 @@ class RedisStore:
     def _queue_writes(
         self, pipe: Pipeline, ns: str, model: Changes, state: State
     ) -> Iterator[object]:
-        """Queue the writes on `pipe`, one command a step: a hash per item, and each sorted set
-        in commands of many members."""
+        """Queue the writes on `pipe`, one command a step (many members per ZADD)."""
         zsets: dict[str, dict[str, float]] = {}
         expiry: dict[str, int] = {}
         for item_id, t in model.items.items():
