@@ -6,10 +6,12 @@ command API with a low rate limit. Each behaviour is checked through `Client` an
 from __future__ import annotations
 
 import itertools
+import math
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import psycopg
@@ -17,9 +19,12 @@ import pytest
 from voteledger_client import (
     AsyncClient,
     Client,
+    DayNet,
     Detail,
     Direction,
     Entry,
+    Explanation,
+    ItemHistory,
     ItemType,
     Page,
     ProblemError,
@@ -350,3 +355,93 @@ async def test_an_unknown_item_is_a_problem_error_async(stack: Stack, operator: 
         with pytest.raises(ProblemError) as voted:
             await client.vote("tool-never-listed", "down")
     _assert_unknown_item(voted.value, "tool-never-listed")
+
+
+# --- explain, daily series, history, digest and as-of charts -----------------------------------
+
+
+def _history_once_listed(client: Client, item_id: str) -> ItemHistory:
+    """The item's history once the PostgreSQL read models have its listing (history takes no
+    min_position: they may be a moment behind the Redis read that waited for it)."""
+    deadline = time.monotonic() + 3
+    while True:
+        try:
+            return client.history(item_id)
+        except ProblemError as error:
+            if error.type != "/problems/unknown-item" or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def _assert_no_snapshot(error: ProblemError, day: date) -> None:
+    assert (error.status, error.type) == (404, "/problems/no-snapshot")
+    assert day.isoformat() in error.detail
+
+
+def test_explain_series_and_history_are_typed(stack: Stack, operator: Client) -> None:
+    """Two owners' agents up, one down: every chart's components add up to its score; the
+    series has today's net; a new item has no history yet, and today has no snapshot."""
+    item_id, today = new_item(operator), datetime.now(UTC).date()
+    votes = []
+    for vote in ("up", "up", "down"):
+        with Client(stack.command, stack.query, new_key(operator)) as agent:
+            votes.append(agent.vote(item_id, vote))
+    position = max(v.position or 0 for v in votes)
+    with Client(stack.command, stack.query) as client:
+        net = client.explain(item_id, "net", min_position=position)
+        owners = client.explain(item_id, "independent", limit=2, min_position=position)
+        trending = client.explain(item_id, "trending", min_position=position)
+        series = client.daily_series(item_id, 3, min_position=position)
+        history = _history_once_listed(client, item_id)
+        with pytest.raises(ProblemError) as bad_range:
+            client.history(item_id, start=today, end=today - timedelta(days=1))
+        with pytest.raises(ProblemError) as digest:
+            client.digest(today)
+        with pytest.raises(ProblemError) as as_of:
+            client.top("song", as_of=today)
+    assert isinstance(net, Explanation) and net.position >= position
+    assert [(c.label, c.value) for c in net.components] == [("up", 2), ("down", -1)]
+    assert sum(c.value or 0 for c in net.components) == net.score == net.total == 1
+    assert [c.label for c in owners.components][-1] == "rest" and owners.components_truncated
+    assert sum(c.sign or 0 for c in owners.components) == owners.score == 1
+    assert trending.half_life and trending.components[0].day == today
+    assert math.fsum(c.contribution or 0.0 for c in trending.components) == pytest.approx(
+        trending.score
+    )
+    assert [(d.day, d.net) for d in series.days] == [
+        (today - timedelta(days=2), 0),
+        (today - timedelta(days=1), 0),
+        (today, 1),
+    ]
+    assert (history.item_id, history.days, history.end) == (
+        item_id,
+        [],
+        today - timedelta(days=1),
+    )
+    assert history.start == history.end - timedelta(days=29)
+    assert (bad_range.value.status, bad_range.value.type) == (422, "/problems/bad-range")
+    _assert_no_snapshot(digest.value, today)
+    _assert_no_snapshot(as_of.value, today)
+
+
+async def test_explain_series_and_as_of_async(stack: Stack, tools: tuple[list[str], int]) -> None:
+    items, position = tools
+    today = datetime.now(UTC).date()
+    async with AsyncClient(stack.command, stack.query) as client:
+        net = await client.explain(items[4], min_position=position)
+        confidence = await client.explain(items[0], "confidence", min_position=position)
+        series = await client.daily_series(items[4], min_position=position)
+        with pytest.raises(ProblemError) as as_of:
+            await client.trending("tool", as_of=today)
+        with pytest.raises(ProblemError) as walked:
+            _ = [e async for e in client.iter_top("tool", as_of=today - timedelta(days=1))]
+        with pytest.raises(ProblemError) as unknown:
+            await client.history("tool-never-listed")
+    assert (net.score, net.total, net.sort) == (-1, -1, "net")
+    assert [c.label for c in confidence.components] == ["up", "down", "z"]
+    assert confidence.score == confidence.total and 0 < confidence.score < 1
+    assert len(series.days) == 30 and series.days[-1] == DayNet(today, -1)
+    assert sum(d.net for d in series.days) == -1
+    _assert_no_snapshot(as_of.value, today)
+    _assert_no_snapshot(walked.value, today - timedelta(days=1))
+    _assert_unknown_item(unknown.value, "tool-never-listed")
