@@ -6,25 +6,17 @@ The ledger is written directly with recording times days apart; a projector and 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
-from events import store
 from events.types import AgentRegistered, Direction, Event, ItemListed, VoteCast
-from infra.settings import Settings
-from projections.runner import run_worker
-from queries.app import create_app
-from tests.conftest import fresh_database, fresh_redis_prefix, make_settings
+from tests.integration.two_readers import Apis, two_readers
 
 pytestmark = pytest.mark.timeout(60)
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -34,22 +26,6 @@ DETAIL_FIELD = {
     "independent": "independent",
     "trending": "trending",
 }
-
-
-@dataclass
-class Apis:
-    redis: httpx.AsyncClient
-    postgres: httpx.AsyncClient  # Redis unreachable: PostgreSQL answers everything
-    position: int
-
-
-@contextlib.asynccontextmanager
-async def _query_api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://query") as client:
-            yield client
 
 
 class Ledger:
@@ -110,33 +86,8 @@ VALUE = {"up": 1, "down": -1, "none": 0}
 
 @pytest.fixture(scope="module")
 async def apis(redis_url: str) -> AsyncIterator[Apis]:
-    with fresh_database() as url, fresh_redis_prefix(redis_url) as prefix:
-        settings = make_settings(url, redis_url, prefix, VOTELEDGER_POLL_INTERVAL="0.2")
-        with psycopg.connect(url) as conn, conn.transaction():
-            store.append_many_sync(conn, _LEDGER.rows)
-            row = conn.execute("SELECT max(position) FROM events").fetchone()
-        assert row is not None
-        unreachable = make_settings(url, "redis://127.0.0.1:1/0", prefix)
-        stop = asyncio.Event()
-        worker = asyncio.create_task(run_worker(settings, stop))
-        try:
-            async with _query_api(settings) as redis, _query_api(unreachable) as postgres:
-                apis = Apis(redis, postgres, int(row[0]))
-                await _until_redis_answers(apis)
-                yield apis
-        finally:
-            stop.set()
-            await asyncio.wait_for(worker, 30)
-
-
-async def _until_redis_answers(apis: Apis) -> None:
-    params = {"min_position": apis.position, "wait_ms": 1000}
-    for _ in range(100):
-        response = await apis.redis.get("/api/v1/items/song-a", params=params)
-        if response.status_code == 200 and response.headers["X-Read-Model"] == "redis":
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the Redis read models never caught up")
+    async with two_readers(redis_url, _LEDGER.rows, "/api/v1/items/song-a") as apis:
+        yield apis
 
 
 async def _explain(client: httpx.AsyncClient, item: str, sort: str, **params: Any) -> Any:
