@@ -14,7 +14,6 @@ from datetime import date
 
 import psycopg
 
-from events import store
 from events.types import Recorded
 from projections import snapshot_store, snapshots
 from projections.model import Changes
@@ -25,25 +24,22 @@ from projections.snapshots import Closed, Row
 _STORE = "postgres"
 
 
-async def check(
-    target: ReadModelStore,
-    generation: int,
-    ledger: psycopg.AsyncConnection,
-    half_life: float,
-    limit: int = 20,
-) -> list[Difference]:
-    """How the generation's snapshots differ from their chain and from the ledger (none for a
-    store without snapshots)."""
+async def start(
+    target: ReadModelStore, generation: int, half_life: float, limit: int = 20
+) -> tuple[list[Difference], LedgerCheck | None]:
+    """The chain's differences, and the comparison with the ledger still to be fed the ledger
+    (None when there is nothing to compare: no snapshots, or the chain alone fills `limit`).
+    verify feeds it from the same read of the ledger as its own fold."""
     if not isinstance(target, PostgresStore):
-        return []
+        return [], None
     conn = target.conn
     stored = await snapshot_store.days(conn, generation)
     if not stored:
-        return []
+        return [], None
     found = await chain(conn, generation, stored)
-    if len(found) < limit:
-        found += await against_ledger(conn, generation, stored, ledger, half_life, limit)
-    return found[:limit]
+    if len(found) >= limit:
+        return found[:limit], None
+    return found, LedgerCheck(conn, generation, stored, half_life, limit)
 
 
 async def chain(
@@ -63,38 +59,41 @@ async def chain(
     return found
 
 
-async def against_ledger(
-    conn: psycopg.AsyncConnection,
-    generation: int,
-    stored: list[snapshot_store.Day],
-    ledger: psycopg.AsyncConnection,
-    half_life: float,
-    limit: int,
-) -> list[Difference]:
-    """Stored rows that differ from the charts of a fold of the ledger up to each day's close."""
-    wanted = {link.day for link in stored}
-    closed: list[Closed] = []
-    days = snapshots.DayFold(half_life, closed.append, Changes())
-    found: list[Difference] = []
+class LedgerCheck:
+    """Stored rows against the charts of a fold of the ledger up to each day's close: fed the
+    ledger in read order up to `upto` (the last stored day's checkpoint), in chunks (`add`),
+    then the rest (`finish`); the differences, at most `limit`, gather in `found`."""
 
-    async def compare() -> None:
-        for day in closed:
-            if day.day in wanted and len(found) < limit:
-                rows = await snapshot_store.rows(conn, generation, day.day)
-                found.extend(differences(day.day, day.rows, rows))
-        closed.clear()
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection,
+        generation: int,
+        stored: list[snapshot_store.Day],
+        half_life: float,
+        limit: int,
+    ) -> None:
+        self.conn, self.generation, self.limit = conn, generation, limit
+        self.upto, self.last_day = stored[-1].checkpoint, stored[-1].day
+        self.wanted = {link.day for link in stored}
+        self.closed: list[Closed] = []
+        self.days = snapshots.DayFold(half_life, self.closed.append, Changes())
+        self.found: list[Difference] = []
 
-    chunk: list[Recorded] = []
-    async for recorded in store.read_upto(ledger, stored[-1].checkpoint):
-        chunk.append(recorded)
-        if len(chunk) >= 20_000:
-            days.add(chunk)
-            chunk = []
-            await compare()
-    days.add(chunk)
-    days.close_through(stored[-1].day)
-    await compare()
-    return found
+    async def add(self, chunk: list[Recorded]) -> None:
+        self.days.add(chunk)
+        await self._compare()
+
+    async def finish(self, chunk: list[Recorded]) -> None:
+        self.days.add(chunk)
+        self.days.close_through(self.last_day)
+        await self._compare()
+
+    async def _compare(self) -> None:
+        for day in self.closed:
+            if day.day in self.wanted and len(self.found) < self.limit:
+                rows = await snapshot_store.rows(self.conn, self.generation, day.day)
+                self.found.extend(differences(day.day, day.rows, rows))
+        self.closed.clear()
 
 
 def differences(day: date, expected: list[Row], actual: list[Row]) -> list[Difference]:

@@ -22,10 +22,21 @@ from events import store
 from events.store import Checkpoint
 from events.types import Recorded
 from projections import snapshot_verify
+from projections.ledger_feed import Reader, feed
 from projections.model import Changes, DayTotals, decayed, fold, merge, settle
 from projections.readmodel import Coverage, Difference, Dump, ReadModelStore
 
-_CHUNK = 20_000
+
+class _Fold:
+    """The read model of the events it is fed, chunk by chunk."""
+
+    def __init__(self, half_life: float) -> None:
+        self.model, self.half_life = Changes(), half_life
+
+    async def add(self, chunk: list[Recorded]) -> None:
+        merge(self.model, fold(chunk, self.model.epoch, self.half_life), self.half_life)
+
+    finish = add
 
 
 async def ledger_fold(conn: psycopg.AsyncConnection, upto: Checkpoint, half_life: float) -> Changes:
@@ -34,14 +45,9 @@ async def ledger_fold(conn: psycopg.AsyncConnection, upto: Checkpoint, half_life
     Streams the ledger in read order (the order the trending clock is defined in) and folds it
     in chunks of its own size, none of the runner's batching. Raises events.store.Undecodable at
     an event it cannot fold."""
-    model = Changes()
-    chunk: list[Recorded] = []
-    async for recorded in store.read_upto(conn, upto):
-        chunk.append(recorded)
-        if len(chunk) >= _CHUNK:
-            merge(model, fold(chunk, model.epoch, half_life), half_life)
-            chunk = []
-    return merge(model, fold(chunk, model.epoch, half_life), half_life)
+    folded = _Fold(half_life)
+    await feed(conn, [(upto, folded)])
+    return folded.model
 
 
 def compare(
@@ -174,10 +180,26 @@ async def check(
     dump = await store.dump(generation)
     checkpoint = dump.state.checkpoint
     folds = {} if folds is None else folds
+    # The snapshot rows are checked against a fold of their own (days close on the way); both
+    # folds are fed from one read of the ledger.
+    snapshot_found, snapshot_check = await snapshot_verify.start(
+        store, generation, half_life, limit
+    )
+    readers: list[tuple[Checkpoint, Reader]] = []
+    folded = None
     if checkpoint not in folds:
-        folds[checkpoint] = await ledger_fold(ledger, checkpoint, half_life)
+        folded = _Fold(half_life)
+        readers.append((checkpoint, folded))
+    if snapshot_check is not None:
+        readers.append((snapshot_check.upto, snapshot_check))
+    if readers:
+        await feed(ledger, readers)
+    if folded is not None:
+        folds[checkpoint] = folded.model
     found = differences(store.name, dump, folds[checkpoint], half_life, limit)
-    found += await snapshot_verify.check(store, generation, ledger, half_life, limit)
+    if snapshot_check is not None:
+        snapshot_found = (snapshot_found + snapshot_check.found)[:limit]
+    found += snapshot_found
     await foldable_after(ledger, checkpoint)
     return Outcome(store.name, generation, checkpoint, len(dump.model.items), found)
 
