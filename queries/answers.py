@@ -14,6 +14,10 @@ _READS = {source: QUERY_READS.labels(source) for source in ("redis", "postgres")
 NOT_YET_STATUS = 425  # Too Early: retry later; a 4xx, as the client asked for the future
 
 
+def unknown_item(item_id: str) -> Problem:
+    return Problem(404, f"no item {item_id!r}", slug="unknown-item")
+
+
 def not_issued(wanted: int, head: int) -> Problem:
     return Problem(
         422,

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from infra.openapi import json_response
 from infra.problems import Problem
 from projections.model import WILSON_Z, day_reference, decayed, sign, wilson_lower_bound
+from queries.answers import unknown_item
 from queries.explain_shapes import OwnerRow, Stored
 from queries.routes import _POSITION_ERRORS, Asked, ItemId, Side
 from queries.side import NOTHING, Produced, ReadSide
@@ -261,5 +262,5 @@ async def explain_item(
 
     response = await side.respond(("explain", item_id, sort, limit), produce, ask)
     if response is None:
-        raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
+        raise unknown_item(item_id)
     return response

@@ -9,27 +9,23 @@ that of the last event applied before the day closed.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-import psycopg
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
 from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
 from infra.openapi import json_response
 from infra.problems import Problem
-from projections import generations, snapshot_store
-from queries.answers import response
+from projections import snapshot_store
+from queries.answers import response, unknown_item
 from queries.cache import Cached
 from queries.shapes import BadCursor, Cursor, Entry, Page, StaleCursor
 from queries.side import Ask, ReadSide
 
 MAX_HISTORY_DAYS = 366
-_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 _encoder = msgspec.json.Encoder()
 
 AsOf = Annotated[
@@ -88,14 +84,6 @@ def _doc(struct: Any, what: str, **errors: dict[str, Any]) -> dict[str, Any]:
 AS_OF_DOC = {404: {**_NO_SNAPSHOT, "content": _PROBLEM}}
 
 
-@contextlib.asynccontextmanager
-async def _snapshot(side: ReadSide) -> AsyncIterator[tuple[psycopg.AsyncConnection, int]]:
-    """One read-only snapshot of the PostgreSQL read models and the generation it sees."""
-    async with side.pool.connection() as conn, conn.transaction():
-        await conn.execute(_SNAPSHOT)
-        yield conn, await generations.postgres(conn)
-
-
 def _answer(body: bytes, position: int, generation: int, if_none_match: str | None) -> Response:
     return response(Cached.of(body, position, generation), "postgres", if_none_match)
 
@@ -120,7 +108,7 @@ async def answer_as_of(
 ) -> Response:
     """A page of one chart as `day` closed; paged by rank with the same cursors as live lists."""
     list_key = f"asof:{chart}:{item_type}:{day.isoformat()}"
-    async with _snapshot(side) as (conn, generation):
+    async with side.postgres.snapshot() as (conn, generation):
         try:
             after = Cursor.decode(cursor, generation, list_key) if cursor else None
         except BadCursor as exc:
@@ -172,7 +160,7 @@ async def chart_digest(
     day: Annotated[date, Path(alias="date", description="YYYY-MM-DD (UTC)")],
     if_none_match: IfNoneMatch,
 ) -> Response:
-    async with _snapshot(side) as (conn, generation):
+    async with side.postgres.snapshot() as (conn, generation):
         link = await snapshot_store.day(conn, generation, day)
     if link is None:
         raise no_snapshot(day)
@@ -209,11 +197,11 @@ async def item_history(
         raise Problem(422, "from is after to", slug="bad-range")
     if (last - first).days >= MAX_HISTORY_DAYS:
         raise Problem(422, f"the range is over {MAX_HISTORY_DAYS} days", slug="bad-range")
-    async with _snapshot(side) as (conn, generation):
+    async with side.postgres.snapshot() as (conn, generation):
         found = await snapshot_store.history(conn, generation, item_id, first, last)
         position = await snapshot_store.position_within(conn, generation, first, last)
     if found is None:
-        raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
+        raise unknown_item(item_id)
     body = _encoder.encode(ItemHistory(item_id, first, last, _days(found), position))
     return _answer(body, position, generation, if_none_match)
 

@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from projections import generations
+from projections.model import sign
 from projections.postgres_store import schema
 from queries.explain_shapes import DayRow, OwnerRow, Stored
 from queries.shapes import (
@@ -130,15 +131,15 @@ class PostgresReader:
             return await generations.postgres(conn)
 
     @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[tuple[psycopg.AsyncConnection, int]]:
-        """A read-only snapshot and the generation it sees."""
+    async def snapshot(self) -> AsyncIterator[tuple[psycopg.AsyncConnection, int]]:
+        """A read-only snapshot of the read models and the generation it sees."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(_SNAPSHOT)
             yield conn, await generations.postgres(conn)
 
     async def position(self) -> tuple[int, int]:
         """The watermark the read models reflect and the ledger head, in one snapshot."""
-        async with self._snapshot() as (conn, generation):
+        async with self.snapshot() as (conn, generation):
             watermark, _ = await self._position(conn, generation)
         return watermark, self.head
 
@@ -153,7 +154,7 @@ class PostgresReader:
         return int(watermark), epoch
 
     async def page(self, query: ListQuery, now: float) -> Page:
-        async with self._snapshot() as (conn, generation):
+        async with self.snapshot() as (conn, generation):
             cursor = query.after(generation)
             text = _DAILY if query.name == "daily" else _LIST
             statement = _statement(text, generation, _SCORE_COLUMN[query.name])
@@ -172,7 +173,7 @@ class PostgresReader:
         return Page(entries, next_cursor, watermark)
 
     async def detail(self, item_id: str, today: date, now: float) -> tuple[Detail | None, int]:
-        async with self._snapshot() as (conn, generation):
+        async with self.snapshot() as (conn, generation):
             params = {"item_id": item_id, "day": today}
             cur = await conn.execute(_statement(_DETAIL, generation), params)
             row = await cur.fetchone()
@@ -183,7 +184,7 @@ class PostgresReader:
 
     async def daily(self, item_id: str, days: list[date]) -> tuple[ItemDaily | None, int]:
         """An item's net votes on each of `days`, or None if unknown."""
-        async with self._snapshot() as (conn, generation):
+        async with self.snapshot() as (conn, generation):
             params = {"item_id": item_id, "days": days}
             rows = await (await conn.execute(_statement(_SERIES, generation), params)).fetchall()
             watermark, _ = await self._position(conn, generation)
@@ -195,7 +196,7 @@ class PostgresReader:
     async def explain(self, item_id: str, sort: str, limit: int) -> tuple[Stored | None, int]:
         """An item's stored numbers on one chart (at most `limit` owners), or None if unknown."""
         params = {"item_id": item_id, "limit": limit}
-        async with self._snapshot() as (conn, generation):
+        async with self.snapshot() as (conn, generation):
             cur = await conn.execute(_statement(_EXPLAIN, generation), params)
             row = await cur.fetchone()
             watermark, epoch = await self._position(conn, generation)
@@ -240,7 +241,7 @@ def _with_owners(found: Stored, rows: list[Row]) -> Stored:
     """The owners shown, and the count and sum of signs of those past the limit."""
     shown = [OwnerRow(owner, value, active) for owner, value, active, _, _ in rows]
     count, signs = (rows[0][3], rows[0][4]) if rows else (0, 0)
-    left_sign = int(signs) - sum((o.value > 0) - (o.value < 0) for o in shown)
+    left_sign = int(signs) - sum(sign(o.value) for o in shown)
     return replace(found, owners=shown, others=count - len(shown), others_sign=left_sign)
 
 

@@ -30,7 +30,7 @@ from infra.metrics import metrics_response
 from infra.openapi import json_response
 from infra.problems import Problem
 from queries import history
-from queries.answers import NOT_YET_STATUS
+from queries.answers import NOT_YET_STATUS, unknown_item
 from queries.shapes import (
     BadCursor,
     DetailAt,
@@ -176,7 +176,7 @@ async def answer_item(side: ReadSide, item_id: str, ask: Ask) -> Response:
 
     response = await side.respond(("item", item_id, today), produce, ask)
     if response is None:
-        raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
+        raise unknown_item(item_id)
     return response
 
 
@@ -262,7 +262,7 @@ async def answer_daily(side: ReadSide, item_id: str, count: int, ask: Ask) -> Re
 
     response = await side.respond(("series", item_id, count, today), produce, ask)
     if response is None:
-        raise Problem(404, f"no item {item_id!r}", slug="unknown-item")
+        raise unknown_item(item_id)
     return response
 
 
