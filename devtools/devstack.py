@@ -61,7 +61,7 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     # Small race (port could be taken before the server binds), acceptable for dev/CI.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -77,7 +77,7 @@ def _tail(path: Path, n: int = 30) -> str:
 
 def _run_step(stack: ExitStack, what: str, cmd: list[str], logfile: Path, **kw: Any) -> None:
     """Run a setup command (initdb, pg_basebackup) to completion; DevstackError if it fails."""
-    proc = _spawn(cmd, logfile, **kw)
+    proc = spawn(cmd, logfile, **kw)
     stack.callback(stop_all, [proc], signal.SIGTERM, 5.0)  # only matters if hung
     try:
         rc = proc.wait(timeout=120)
@@ -87,7 +87,7 @@ def _run_step(stack: ExitStack, what: str, cmd: list[str], logfile: Path, **kw: 
         raise DevstackError(f"{what} failed (exit {rc}):\n{_tail(logfile)}")
 
 
-def _spawn(
+def spawn(
     cmd: list[str], logfile: Path, lifeline: signal.Signals = signal.SIGTERM, **kw: Any
 ) -> subprocess.Popen[bytes]:
     """Start a server/tool with output appended to logfile, in its own session so a
@@ -249,7 +249,7 @@ def _start_pg(stack: ExitStack, fast: bool) -> str:
         initdb.append("--no-instructions")
     _run_step(stack, "initdb", initdb, logfile, cwd=data, **as_owner)
 
-    port = _free_port()
+    port = free_port()
     settings = ["max_connections=300", "shared_buffers=256MB"]
     if fast:  # tests only: a crash loses the (throwaway) data, we don't care
         settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
@@ -259,7 +259,7 @@ def _start_pg(stack: ExitStack, fast: bool) -> str:
     cmd += ["-h", "127.0.0.1", "-p", str(port)]
     cmd += [arg for setting in settings for arg in ("-c", setting)]
     # SIGINT is PostgreSQL's fast shutdown, also when the launcher dies.
-    proc = _spawn(cmd, logfile, signal.SIGINT, cwd=data, **as_owner)
+    proc = spawn(cmd, logfile, signal.SIGINT, cwd=data, **as_owner)
     # SIGINT = PostgreSQL "fast" shutdown; 10 s then SIGKILL.
     stack.callback(stop_all, [proc], signal.SIGINT, 10.0)
 
@@ -293,11 +293,11 @@ def _start_redis(stack: ExitStack) -> str:
         raise DevstackError("redis-server not found; install 'redis-server' or set REDIS_URL")
     tmp = _scratch("devstack-redis-")
     stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-    logfile, port = tmp / "redis.log", _free_port()
+    logfile, port = tmp / "redis.log", free_port()
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     cmd += ["--appendonly", "no", "--daemonize", "no"]
     cmd += ["--dir", str(tmp), "--logfile", str(logfile)]
-    proc = _spawn(cmd, logfile)  # the log also gets errors from before --logfile applies
+    proc = spawn(cmd, logfile)  # the log also gets errors from before --logfile applies
     stack.callback(stop_all, [proc], signal.SIGTERM, 5.0)
     url = f"redis://127.0.0.1:{port}/0"
     _wait_ready("Redis", proc, lambda: _redis_reachable(url, timeout=1), logfile)
@@ -377,12 +377,12 @@ def start_pg_standby(
     backup += ["-p", str(parts.port or 5432), "-U", parts.username or "postgres"]
     backup += ["-D", str(data), "-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]
     _run_step(stack, "pg_basebackup", backup, logfile, cwd=data, **as_owner)
-    port = _free_port()
+    port = free_port()
     cmd = [str(bindir / "postgres"), "-D", str(data), "-k", str(data)]
     cmd += ["-h", "127.0.0.1", "-p", str(port)]
     for setting in [*(f"{name}={value}" for name, value in inherited), *settings]:
         cmd += ["-c", setting]
-    proc = _spawn(cmd, logfile, signal.SIGINT, cwd=data, **as_owner)
+    proc = spawn(cmd, logfile, signal.SIGINT, cwd=data, **as_owner)
     stack.callback(stop_all, [proc], signal.SIGINT, 10.0)
     userinfo, at, _ = parts.netloc.rpartition("@")
     url = urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}"))
@@ -400,7 +400,7 @@ def start_redis_server(stack: ExitStack, *args: str, config: str = "") -> int:
         raise DevstackError("redis-server not found; install 'redis-server'")
     tmp = _scratch("devstack-redis-")
     stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-    logfile, port = tmp / "redis.log", _free_port()
+    logfile, port = tmp / "redis.log", free_port()
     cmd = [exe]
     if config:
         (tmp / "redis.conf").write_text(config)
@@ -408,7 +408,7 @@ def start_redis_server(stack: ExitStack, *args: str, config: str = "") -> int:
     cmd += ["--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     cmd += ["--appendonly", "no", "--daemonize", "no"]
     cmd += ["--dir", str(tmp), "--logfile", str(logfile), *args]
-    proc = _spawn(cmd, logfile)
+    proc = spawn(cmd, logfile)
     stack.callback(stop_all, [proc], signal.SIGTERM, 5.0)
     url = f"redis://127.0.0.1:{port}/0"
     _wait_ready("Redis", proc, lambda: _redis_reachable(url, timeout=1), logfile)

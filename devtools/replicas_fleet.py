@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from devtools.processes import stop_all, with_lifeline
+from devtools.devstack import free_port, spawn
+from devtools.processes import stop_all
 from devtools.supervise import STOP_GRACE
 
 HOST = "127.0.0.1"
@@ -28,12 +28,6 @@ _LEASES = "SELECT projection, fence, holder FROM projection_leases"
 
 class DrillError(RuntimeError):
     """The drill could not be set up or run; the message is meant for humans."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(slots=True)
@@ -79,16 +73,7 @@ class Fleet:
 
     def _start(self, name: str, argv: list[str], url: str) -> Member:
         log = self.logs / f"{name}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                with_lifeline(argv),
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.members[name] = Member(name, proc, url, log)
+        self.members[name] = Member(name, spawn(argv, log, env=self.env), url, log)
         return self.members[name]
 
     def start_api(self, name: str, api: str) -> Member:
