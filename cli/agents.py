@@ -33,9 +33,7 @@ OwnerOpt = Annotated[
 
 def _valid_owner(owner: str | None) -> str | None:
     """The owner as the API accepts it (a catalogue-id-like name), or exit 2."""
-    if owner is None or (
-        len(owner) <= ITEM_ID_MAX_LENGTH and re.fullmatch(ITEM_ID_PATTERN.strip("^$"), owner)
-    ):
+    if owner is None or (len(owner) <= ITEM_ID_MAX_LENGTH and re.fullmatch(ITEM_ID_PATTERN, owner)):
         return owner
     err.print("[red]--owner must be letters, digits and . _ : ~ - (at most 128)[/]")
     raise typer.Exit(2)
