@@ -70,12 +70,17 @@ class Folded:
 
 
 async def _fold_ledger(
-    conn: psycopg.AsyncConnection, half_life: float, progress: Progress, spool: Spool
+    conn: psycopg.AsyncConnection,
+    half_life: float,
+    progress: Progress,
+    spool: Spool,
+    close_days: bool,
 ) -> Folded:
-    """Everything the gap-safe reader can see now, folded in memory (closed days into `spool`)."""
+    """Everything the gap-safe reader can see now, folded in memory (with `close_days`, the
+    closed days into `spool`: only the PostgreSQL read models keep them)."""
     progress.phase("folding the ledger", total=await store.head(conn))
     tracker, checkpoint, count = Watermark(), Checkpoint(), 0
-    days = snapshots.DayFold(half_life, spool.add, Changes())  # closes days on the way
+    days = snapshots.DayFold(half_life, spool.add if close_days else None, Changes())
     while True:
         try:
             batch = await store.read_batch(conn, checkpoint, _BULK_BATCH)
@@ -175,7 +180,8 @@ async def rebuild(
         started = time.perf_counter()
         spool = Spool()
         stack.callback(spool.rows.close)  # whatever happens, and when no PostgreSQL store uses it
-        folded = await _fold_ledger(await reader(), half_life, progress, spool)
+        close_days = "postgres" in projections
+        folded = await _fold_ledger(await reader(), half_life, progress, spool, close_days)
         jobs = []
         for name in projections:
             target, own_reader = await open_store(name, settings, stack, url), await reader()

@@ -228,14 +228,6 @@ def rankings(
     return found
 
 
-def chart_rows(
-    day: date, standings: Iterable[Standing], epoch: float | None, half_life: float
-) -> list[Row]:
-    """Every chart of every item type as of the end of `day`, in digest order."""
-    ranked = rankings(day, standings, epoch, half_life)
-    return Closed(day, ranked, "", "", Checkpoint()).rows
-
-
 def score_text(chart: str, score: float | int) -> str:
     """A score exactly, in one canonical spelling."""
     if chart in INTEGER_CHARTS and float(score).is_integer():
@@ -298,10 +290,11 @@ _NO_VOTES = OwnerTotals()
 @dataclass(slots=True)
 class DayFold:
     """A fold of the ledger in read order that closes days on the way: what a rebuild and verify
-    run. `on_close` gets each closed day."""
+    run. `on_close` gets each closed day; without it no day is ranked (a rebuild of Redis alone,
+    which keeps no snapshots)."""
 
     half_life: float
-    on_close: Callable[[Closed], None]
+    on_close: Callable[[Closed], None] | None
     model: Changes
     open_day: date | None = None
     previous: str = ""
@@ -321,6 +314,8 @@ class DayFold:
             self.open_day = max(self.open_day, last + timedelta(days=1))
 
     def _close(self, days: Iterable[date]) -> None:
+        if self.on_close is None:
+            return
         for day in days:
             found = close(
                 day,

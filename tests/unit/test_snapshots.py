@@ -61,6 +61,19 @@ def test_days_close_the_same_whatever_the_split(offsets: list[int], cuts: list[i
         assert after.previous == before.digest
 
 
+def test_a_fold_without_snapshots_ranks_no_day_and_folds_the_same() -> None:
+    """A rebuild of Redis alone folds without closing days: the same model, no day ranked."""
+    events = _ledger([1, 30, 20, 50, 75])
+    closed: list[Closed] = []
+    ranked, alone = (
+        snapshots.DayFold(3600.0, on_close, Changes()) for on_close in (closed.append, None)
+    )
+    ranked.add(events)
+    alone.add(events)
+    assert closed and alone.previous == ""
+    assert alone.model == ranked.model and alone.open_day == ranked.open_day
+
+
 def test_an_event_read_late_counts_in_the_open_day() -> None:
     """An event recorded on day 1 but read after one of day 2 counts in day 2's charts."""
     events = _ledger([1, 30, 20, 50])  # hours: day 0, day 1, day 0 (late), day 2
