@@ -189,8 +189,8 @@ async def test_as_of_charts_equal_a_fold_up_to_each_days_end(stack: Stack) -> No
     """Every chart of every closed day, paged by cursor, equals the events recorded before that
     day ended, ranked by score then item id descending; the empty day has its charts too."""
     charts = [("net", "net"), ("confidence", "confidence"), ("trending", None)]
-    if "independent" in await _sorts(stack.api):  # the live route's sort=independent
-        charts.append(("independent", "independent"))
+    assert "independent" in await _sorts(stack.api)  # the live route's sort=independent
+    charts.append(("independent", "independent"))
     for day in CLOSED:
         for chart, sort in charts:
             path = "/api/v1/trending" if chart == "trending" else "/api/v1/top"

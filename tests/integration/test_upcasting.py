@@ -5,8 +5,6 @@ written today without an owner; `voteledger rebuild` and `verify` pass over them
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +17,7 @@ from events import store
 from events.types import AgentRegistered, Direction, Event, ItemListed, Recorded, VoteCast
 from infra.settings import Settings
 from projections.model import fold_all, settle
-from tests.servers import settings_env
+from tests.integration.test_rebuild import cli
 
 # (agent, vote) in order: first votes, changes of mind, a retraction, a vote again.
 SCRIPT: list[tuple[int, Direction]] = [
@@ -73,16 +71,6 @@ def _ledger(url: str) -> list[Recorded]:
     return [store.recorded(position, int(tx), at, payload) for position, tx, at, payload in rows]
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 async def test_old_events_read_as_their_own_owners_and_fold_unchanged(isolated: Settings) -> None:
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     agents = [uuid.uuid4() for _ in range(3)]
@@ -120,7 +108,7 @@ async def test_old_events_read_as_their_own_owners_and_fold_unchanged(isolated: 
         day: t for (day, i), t in model.days.items() if i == "song-new"
     }
 
-    rebuilt = _cli(isolated, "rebuild")
+    rebuilt = cli(isolated, "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
-    verified = _cli(isolated, "verify")
+    verified = cli(isolated, "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
