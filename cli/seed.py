@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -198,7 +198,7 @@ def seed_command(
     """Write demo/benchmark data as real ledger events (bulk, in one transaction)."""
     plan = SeedPlan(agents=agents, items=items, votes=votes, days=days, seed=seed)
     if demo:
-        plan = SeedPlan(DEMO.agents, DEMO.items, DEMO.votes, DEMO.days, seed)
+        plan = replace(DEMO, seed=seed)
     started = time.perf_counter()
     with psycopg.connect(settings().database_url) as conn:
         if if_empty and not store.is_empty(conn):
