@@ -24,7 +24,8 @@ from infra.problems import Problem
 from projections.model import WILSON_Z, day_reference, decayed, sign, wilson_lower_bound
 from queries.answers import unknown_item
 from queries.explain_shapes import OwnerRow, Stored
-from queries.routes import _POSITION_ERRORS, Asked, ItemId, Side
+from queries.params import ItemId, Side
+from queries.routes import POSITION_ERRORS, Asked
 from queries.side import NOTHING, Produced, ReadSide
 
 Sort = Literal["net", "independent", "confidence", "trending"]
@@ -226,7 +227,7 @@ _DOC: dict[str, Any] = {
             "sums (/problems/explain-unavailable)",
             "content": _PROBLEM,
         },
-        **_POSITION_ERRORS,
+        **POSITION_ERRORS,
     },
 }
 

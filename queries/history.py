@@ -16,12 +16,12 @@ import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
 from infra.openapi import json_response
 from infra.problems import Problem
 from projections import snapshot_store
 from queries.answers import response, unknown_item
 from queries.cache import Cached
+from queries.params import ItemId, Side
 from queries.shapes import BadCursor, Cursor, Entry, Page, StaleCursor
 from queries.side import Ask, ReadSide
 
@@ -142,14 +142,6 @@ def _if_none_match(request: Request) -> str | None:
 IfNoneMatch = Annotated[str | None, Depends(_if_none_match)]
 
 
-def _side(request: Request) -> ReadSide:
-    side: ReadSide = request.app.state.side
-    return side
-
-
-Side = Annotated[ReadSide, Depends(_side)]
-
-
 @router.get(
     "/api/v1/charts/{date}/digest",
     summary="The hash-chain link of one day's chart snapshot",
@@ -180,9 +172,7 @@ async def chart_digest(
 )
 async def item_history(
     side: Side,
-    item_id: Annotated[
-        str, Path(min_length=1, max_length=ITEM_ID_MAX_LENGTH, pattern=ITEM_ID_PATTERN)
-    ],
+    item_id: ItemId,
     if_none_match: IfNoneMatch,
     first: Annotated[
         date | None, Query(alias="from", description="YYYY-MM-DD (UTC); default 29 days before to")

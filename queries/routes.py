@@ -15,7 +15,6 @@ from fastapi import (
     APIRouter,
     Depends,
     Header,
-    Path,
     Query,
     Request,
     WebSocket,
@@ -25,12 +24,13 @@ from fastapi.requests import HTTPConnection
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
-from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN, ItemType
+from events.types import ItemType
 from infra.metrics import metrics_response
 from infra.openapi import json_response
 from infra.problems import Problem
 from queries import history
 from queries.answers import NOT_YET_STATUS, unknown_item
+from queries.params import ItemId, Side
 from queries.shapes import (
     BadCursor,
     DetailAt,
@@ -50,12 +50,6 @@ MAX_SERIES_DAYS = 90
 _encoder = msgspec.json.Encoder()
 
 
-async def _read_side(connection: HTTPConnection) -> ReadSide:
-    side: ReadSide = connection.app.state.side
-    return side
-
-
-Side = Annotated[ReadSide, Depends(_read_side)]
 ItemTypeParam = Annotated[ItemType, Query(description="song or tool")]
 LimitParam = Annotated[int, Query(ge=1, le=200)]
 CursorParam = Annotated[str | None, Query(max_length=512, description="next_cursor of a page")]
@@ -68,7 +62,6 @@ MinPosition = Annotated[
 WaitMs = Annotated[
     int, Query(ge=0, le=MAX_WAIT_MS, description="How long to wait for min_position (ms)")
 ]
-ItemId = Annotated[str, Path(min_length=1, max_length=ITEM_ID_MAX_LENGTH, pattern=ITEM_ID_PATTERN)]
 
 _HEADERS = {
     "X-Ledger-Position": {"description": "The ledger position the data reflects"},
@@ -78,7 +71,7 @@ _HEADERS = {
 _NOT_MODIFIED = {"description": "Not modified (If-None-Match)"}
 _PROBLEM: dict[str, Any] = {"application/problem+json": {}}
 # What a read-your-writes request can be told besides its data: both are the client's to act on.
-_POSITION_ERRORS: dict[int | str, dict[str, Any]] = {
+POSITION_ERRORS: dict[int | str, dict[str, Any]] = {
     NOT_YET_STATUS: {
         "description": "Too Early: the read models do not reflect min_position yet (problem "
         "type /problems/not-yet); retry after Retry-After seconds",
@@ -100,7 +93,7 @@ _LIST_DOC: dict[str, Any] = {
         200: json_response(Page, "A page of the ranking", headers=_HEADERS),
         304: _NOT_MODIFIED,
         410: {"description": "The cursor is of rankings rebuilt since", "content": _PROBLEM},
-        **_POSITION_ERRORS,
+        **POSITION_ERRORS,
     },
 }
 _AS_OF_LIST_DOC = {**_LIST_DOC, "responses": {**_LIST_DOC["responses"], **history.AS_OF_DOC}}
@@ -109,7 +102,7 @@ _ITEM_DOC: dict[str, Any] = {
     "responses": {
         200: json_response(DetailAt, "The item", headers=_HEADERS),
         304: _NOT_MODIFIED,
-        **_POSITION_ERRORS,
+        **POSITION_ERRORS,
     },
 }
 _DAILY_DOC: dict[str, Any] = {
@@ -121,7 +114,7 @@ _DAILY_DOC: dict[str, Any] = {
             "description": "No such item (problem type /problems/unknown-item)",
             "content": _PROBLEM,
         },
-        **_POSITION_ERRORS,
+        **POSITION_ERRORS,
     },
 }
 _STREAM_DOC: dict[str, Any] = {
