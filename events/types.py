@@ -2,7 +2,7 @@
 
 Frozen, tagged msgspec Structs: the tag names the type in the stored payload and `v` its schema
 version. A field added with a default needs no new version; any other change of shape or meaning
-bumps the type's version, and `events.upcasters` gains the function that turns a payload of the
+bumps the type's version, and `events.codec.UPCASTERS` gains the step that turns a payload of the
 previous version into the new one, so every event ever recorded still reads as the current shape.
 `gc=False`: they hold no reference cycles, and replays create millions of them, which would
 otherwise keep the cyclic garbage collector busy scanning them.
