@@ -31,6 +31,9 @@ _COUNT_OWNED = "SELECT count(*) FROM agents WHERE owner = %s AND revoked_at IS N
 _LOCK_AGENT = "SELECT revoked_at IS NOT NULL FROM agents WHERE agent_id = %s FOR UPDATE"
 _REVOKE_AGENT = "UPDATE agents SET revoked_at = now() WHERE agent_id = %s"
 _AGENT_BY_KEY = "SELECT agent_id, revoked_at FROM agents WHERE key_digest = %s"
+_PROFILE_BY_KEY = (
+    "SELECT agent_id, name, owner, revoked_at IS NOT NULL FROM agents WHERE key_digest = %s"
+)
 _COPY_AGENTS = "COPY agents (agent_id, name, key_digest, owner) FROM STDIN"
 _LIST_AGENTS = (
     "SELECT agent_id, name, owner, created_at, revoked_at FROM agents ORDER BY created_at"
@@ -60,6 +63,16 @@ class Listed:
     owner: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """An agent as its own key shows it."""
+
+    agent_id: uuid.UUID
+    name: str
+    owner: str
+    revoked: bool
 
 
 class NotFound(Exception):
@@ -138,6 +151,14 @@ async def agent_for_key(
         return None
     known.add_agent(digest, row[0])
     return row[0], row[1] is not None
+
+
+async def profile_for_key(pool: AsyncConnectionPool, api_key: str) -> Profile | None:
+    """The agent an API key belongs to, read afresh (never from the key cache, so a revoked key
+    reads as revoked at once); None for an unknown key."""
+    async with pool.connection() as conn:
+        row = await (await conn.execute(_PROFILE_BY_KEY, (key_digest(api_key),))).fetchone()
+    return None if row is None else Profile(*row)
 
 
 async def list_agents(pool: AsyncConnectionPool) -> list[Listed]:

@@ -10,7 +10,6 @@ from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from psycopg_pool import AsyncConnectionPool
 from starlette.responses import HTMLResponse, Response
 
 from commands import agents, audit, catalogue
@@ -25,7 +24,7 @@ from commands.models import (
     VoteAuditOut,
 )
 from commands.ratelimit import RateLimiter
-from commands.vote import bearer
+from commands.vote import bearer, key_holder
 from events.types import ITEM_ID_MAX_LENGTH, ITEM_ID_PATTERN
 from infra.metrics import metrics_response
 from infra.problems import Problem
@@ -87,28 +86,6 @@ async def revoke_agent(agent_id: uuid.UUID, request: Request) -> Response:
     return Response(status_code=204)
 
 
-# Read afresh, never from the key cache: a revoked key must answer 403 here at once.
-_AGENT_PROFILE = (
-    "SELECT agent_id, name, owner, revoked_at IS NOT NULL FROM agents WHERE key_digest = %s"
-)
-
-
-async def _agent_profile(
-    pool: AsyncConnectionPool, authorization: str | None
-) -> tuple[uuid.UUID, str, str]:
-    """An API key's agent, its name and owner: 401 for no or an unknown key, 403 once revoked."""
-    digest = agents.key_digest(bearer(authorization))
-    async with pool.connection() as conn:
-        row = await (await conn.execute(_AGENT_PROFILE, (digest,))).fetchone()
-    if row is None:
-        raise Problem(
-            401, "unknown API key", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"}
-        )
-    if row[3]:
-        raise Problem(403, "this API key has been revoked", slug="revoked")
-    return row[0], row[1], row[2]
-
-
 @router.get(
     "/api/v1/agents/me",
     response_model=AgentMeOut,
@@ -118,9 +95,11 @@ async def _agent_profile(
 )
 async def agent_me(request: Request, response: Response) -> AgentMeOut:
     state = request.app.state
-    agent_id, name, owner = await _agent_profile(state.pool, request.headers.get("authorization"))
+    api_key = bearer(request.headers.get("authorization"))
+    found = await agents.profile_for_key(state.pool, api_key)
+    profile = key_holder(found, found is not None and found.revoked)
     limiter: RateLimiter = state.limiter
-    decision = await limiter.peek(str(agent_id))
+    decision = await limiter.peek(str(profile.agent_id))
     response.headers.update(limiter.headers(decision))
     rate_limit = RateLimitOut(
         per_second=limiter.rate,
@@ -128,7 +107,9 @@ async def agent_me(request: Request, response: Response) -> AgentMeOut:
         remaining=decision.remaining,
         reset_seconds=round(decision.reset, 3),
     )
-    return AgentMeOut(agent_id=agent_id, name=name, owner=owner, rate_limit=rate_limit)
+    return AgentMeOut(
+        agent_id=profile.agent_id, name=profile.name, owner=profile.owner, rate_limit=rate_limit
+    )
 
 
 @router.post(

@@ -10,6 +10,7 @@ details as the routes'.
 from __future__ import annotations
 
 import uuid
+from typing import TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 from starlette.datastructures import URL, State
@@ -28,6 +29,7 @@ from infra.metrics import RATE_LIMITED
 from infra.problems import Problem, response_for
 
 VOTE_PATH = models.VOTE_PATH
+_Holder = TypeVar("_Holder")
 
 
 class _VoteRoute:
@@ -47,6 +49,18 @@ def bearer(authorization: str | None) -> str:
     return credentials.strip()
 
 
+def key_holder(holder: _Holder | None, revoked: bool) -> _Holder:
+    """What an API key was found to belong to: 401 for an unknown key (None), 403 once the key
+    is revoked."""
+    if holder is None:
+        raise Problem(
+            401, "unknown API key", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if revoked:
+        raise Problem(403, "this API key has been revoked", slug="revoked")
+    return holder
+
+
 class Voting:
     def __init__(self, pool: AsyncConnectionPool, known: Known, limiter: RateLimiter) -> None:
         self.pool = pool
@@ -57,14 +71,8 @@ class Voting:
     async def agent(self, authorization: str | None) -> uuid.UUID:
         """The agent an API key belongs to: 401 for no or an unknown key, 403 once revoked."""
         found = await agents.agent_for_key(self.pool, bearer(authorization), self.known)
-        if found is None:
-            raise Problem(
-                401, "unknown API key", slug="unauthorized", headers={"WWW-Authenticate": "Bearer"}
-            )
-        agent_id, revoked = found
-        if revoked:
-            raise Problem(403, "this API key has been revoked", slug="revoked")
-        return agent_id
+        agent_id, revoked = found or (None, False)
+        return key_holder(agent_id, revoked)
 
     async def answer(
         self, authorization: str | None, idempotency_key: str | None, body: bytes

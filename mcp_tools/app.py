@@ -21,11 +21,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.datastructures import Headers
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from commands.app import create_app as create_command_app
-from infra.problems import problem_response
+from commands.vote import bearer
+from infra.problems import Problem, problem_response
 from infra.settings import Settings, get_settings
 from mcp_tools.tools import bearer_of, build_server
 from mcp_tools.upstream import Upstream
@@ -70,7 +72,7 @@ class RequireBearer:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not _has_bearer(scope["headers"]):
+        if scope["type"] == "http" and not _has_bearer(scope):
             refusal = problem_response(
                 401,
                 "MCP requests need the agent's API key: Authorization: Bearer <key>",
@@ -83,9 +85,10 @@ class RequireBearer:
         await self.app(scope, receive, send)
 
 
-def _has_bearer(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            return scheme.lower() == "bearer" and bool(credentials.strip())
-    return False
+def _has_bearer(scope: Scope) -> bool:
+    """Whether the request's Authorization header holds bearer credentials, as a vote's must."""
+    try:
+        bearer(Headers(scope=scope).get("authorization"))
+    except Problem:
+        return False
+    return True
